@@ -1,0 +1,83 @@
+"""Atomic outputs: write to a temporary path beside the target, then rename.
+
+A reader never sees a half-written file or directory, and an interrupted run leaves only a
+hidden temporary that the next run ignores (and cleans when it reuses the name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def _tmp_name(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (fsync, then rename over any previous file)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_name(path), dir=parent)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def check_new_dir(path: str | Path, force: bool) -> Path:
+    """Refuse an existing output directory unless `force`; refuse a file in the way always."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: exists and is not a directory")
+    if path.exists() and not force:
+        raise UsageError(f"{path}: output directory exists (use --force to replace it)")
+    return path
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes `path` only when the block succeeds.
+
+    With `force`, an existing `path` is replaced only after the new one is complete.
+    """
+    path = check_new_dir(path, force)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(path), dir=parent))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create output directory ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,124 @@
+"""The `monet-edit` command line. Thin: parse, call the library, print.
+
+torch is imported inside commands only, so `monet-edit --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from .console import emit_json, err
+from .errors import MonetEditError
+
+HELP = """Knowledge editing of Monet (Mixture of Monosemantic Experts) language models.
+
+Every command runs offline on the embedded model [bold]tiny[/] unless given [bold]--model[/].
+
+Examples:
+
+  monet-edit info tiny                      # architecture, groups, masks, weights sha256
+
+  monet-edit generate tiny --prompt "def "  # sample a continuation
+"""
+
+app = typer.Typer(name="monet-edit", help=HELP, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode="rich")
+
+def _register_subcommands() -> None:
+    from .commands import corpora
+
+    app.add_typer(corpora.app, name="corpora", help="List, build and inspect the embedded corpora.")
+
+
+_register_subcommands()
+
+MODEL_HELP = "Checkpoint directory, packaged model name (tiny) or Hugging Face Hub id."
+
+
+@app.command()
+def info(
+    model: str = typer.Argument("tiny", help=MODEL_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """Describe a checkpoint: decomposition, sizes, routing groups, masks, parameters, sha256."""
+    from .info import describe
+
+    data = describe(model)
+    if json_out:
+        emit_json(data)
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in data.items():
+        if key == "parameters":
+            value = f"{value:,}"
+        table.add_row(key, "" if value is None else str(value))
+    err.print(table)
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument("tiny", help=MODEL_HELP),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Tokens to sample."),
+    temperature: float = typer.Option(0.8, "--temperature", help="0 = greedy."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass."),
+    seed: int = typer.Option(0, "--seed"),
+    mask: str = typer.Option(None, "--mask", help="Mask file to apply on top of the model's own."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """Sample a continuation of PROMPT (prompt and continuation on stdout)."""
+    from . import generate as gen
+    from . import loading
+
+    net = loading.load_model(model, mask=mask)
+    tok = loading.load_tokenizer(model)
+    ids = tok.encode(prompt)
+    rows = gen.sample(net, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                      top_p=top_p, seed=seed, eos_id=tok.eos_id)
+    text = tok.decode(rows[0])
+    if json_out:
+        emit_json({"prompt": prompt, "completion": text, "seed": seed, "temperature": temperature,
+                   "top_p": top_p, "tokens": len(rows[0])})
+    else:
+        sys.stdout.write(prompt + text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every expected failure becomes one line on stderr and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="monet-edit", standalone_mode=False)
+    except MonetEditError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # parser errors: usage line + message, exit 2
+        exc.show()
+        return getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:  # a bug, not bad input: still one line unless debugging
+        if os.environ.get("MONET_EDIT_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} "
+                  "(set MONET_EDIT_DEBUG=1 for the traceback)", markup=True, soft_wrap=True)
+        return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
