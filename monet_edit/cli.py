@@ -27,14 +27,6 @@ Examples:
 app = typer.Typer(name="monet-edit", help=HELP, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode="rich")
 
-def _register_subcommands() -> None:
-    from .commands import corpora
-
-    app.add_typer(corpora.app, name="corpora", help="List, build and inspect the embedded corpora.")
-
-
-_register_subcommands()
-
 MODEL_HELP = "Checkpoint directory, packaged model name (tiny) or Hugging Face Hub id."
 
 
@@ -86,6 +78,15 @@ def generate(
                    "top_p": top_p, "tokens": len(rows[0])})
     else:
         sys.stdout.write(prompt + text + "\n")
+
+
+def _register_subcommands() -> None:
+    from .commands import register_all
+
+    register_all(app)
+
+
+_register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -229,3 +229,10 @@ def show_cmd(
         extra = f" label={sample['label']}" if "label" in sample else ""
         con.print(f"  sample ({escape(sample['id'])}{extra}):")
         con.print(escape(text[:600] + (" ..." if len(text) > 600 else "")), markup=False, highlight=False)
+
+
+ORDER = 10
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="corpora", help="List, build and inspect the embedded corpora.")
