@@ -1,0 +1,348 @@
+"""Routing profiles: how much a model routes a corpus's tokens through each expert (DESIGN.md 3).
+
+Per routing group, over all E*E experts: n tokens, S = sum_t G(t) and, for labelled corpora,
+S2 = sum_t G(t)^2, SY = sum_t G(t) y(t), sum y, sum y^2 (enough for a Pearson correlation with the
+per-token label y). Every sum is a GEMM over tokens and heads, never the per-token E*E expansion,
+and sums add: the profile of A plus the profile of B is the profile of A and B together.
+
+File format: safetensors with float64 [groups, E, E] tensors `S` (and `S2`, `SY` when labelled)
+and a `monet_edit` metadata entry holding JSON {format, n, sum_y, sum_y2, meta}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import atomic, checkpoint, corpora, provenance, scoring
+from .console import err
+from .errors import UsageError
+
+FORMAT = 1
+META_KEY = "monet_edit"
+HOLDOUT_EVERY = 5  # one profile-split document in five is held out (budget rule), never profiled
+
+
+@dataclass
+class Profile:
+    """Routing statistics of one model on one corpus (sums, so profiles of shards add)."""
+
+    n: int
+    S: torch.Tensor
+    S2: torch.Tensor | None = None
+    SY: torch.Tensor | None = None
+    sum_y: float | None = None
+    sum_y2: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> bool:
+        return self.SY is not None
+
+    @property
+    def groups(self) -> int:
+        return self.S.shape[0]
+
+    @property
+    def experts(self) -> int:
+        return self.S.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        """Mean routing weight per token, [groups, E, E] (s_e in the skew rule)."""
+        return self.S / self.n
+
+    def pearson(self) -> torch.Tensor:
+        """Pearson r between G_e(t) and y(t) per expert, [groups, E, E]; 0 where a variance is 0."""
+        if not self.labelled:
+            corpus = self.meta.get("corpus", "this corpus")
+            raise UsageError(f"profile of {corpus} has no token labels; a correlation needs a labelled "
+                             "corpus (--toxicity)")
+        n = float(self.n)
+        cov = n * self.SY - self.S * self.sum_y
+        var_g = (n * self.S2 - self.S * self.S).clamp(min=0.0)
+        var_y = max(n * self.sum_y2 - self.sum_y * self.sum_y, 0.0)
+        den = torch.sqrt(var_g * var_y)
+        return torch.where(den > 0, cov / torch.where(den > 0, den, torch.ones_like(den)),
+                           torch.zeros_like(den))
+
+    def __add__(self, other: Profile) -> Profile:
+        for key in ("model_fingerprint", "corpus_fingerprint"):
+            if self.meta.get(key) != other.meta.get(key):
+                raise UsageError(f"cannot add profiles with different {key.replace('_', ' ')}s "
+                                 f"({str(self.meta.get(key))[:12]} vs {str(other.meta.get(key))[:12]})")
+        if self.S.shape != other.S.shape or self.labelled != other.labelled:
+            raise UsageError("cannot add profiles of different shapes or with and without labels")
+
+        def add(a, b):
+            return None if a is None else a + b
+
+        n = self.n + other.n
+        return Profile(n, self.S + other.S, add(self.S2, other.S2), add(self.SY, other.SY),
+                       add(self.sum_y, other.sum_y), add(self.sum_y2, other.sum_y2),
+                       dict(self.meta, tokens=n))
+
+
+# ---------------------------------------------------------------------------- accumulation
+
+
+def _stats(g1: torch.Tensor, g2: torch.Tensor, y: torch.Tensor | None) -> list[torch.Tensor]:
+    """One group's sums over a batch as GEMMs. g1, g2: [N, H, E] fp32; y: [N] or None."""
+    N, H, E = g1.shape
+    a, b = g1.reshape(N * H, E), g2.reshape(N * H, E)
+    out = [a.T @ b]
+    if y is not None:
+        # G_ij^2 = sum_{h,h'} g1[h,i] g1[h',i] g2[h,j] g2[h',j]: one GEMM over [N*H*H, E].
+        p1 = (g1.unsqueeze(2) * g1.unsqueeze(1)).reshape(N * H * H, E)
+        p2 = (g2.unsqueeze(2) * g2.unsqueeze(1)).reshape(N * H * H, E)
+        out.append(p1.T @ p2)
+        out.append((g1 * y[:, None, None]).reshape(N * H, E).T @ b)
+    return out
+
+
+@torch.inference_mode()
+def profile_rows(model, batch_rows: torch.Tensor, labels: torch.Tensor | None = None, *,
+                 batch_size: int = 8, meta: dict | None = None, progress: str | None = None) -> Profile:
+    """Profile every token of `batch_rows` [N, T] (labels: per-token y [N, T] or None)."""
+    cfg = model.config
+    device = next(model.parameters()).device
+    groups, E = cfg.num_groups, cfg.moe_experts
+    k = 1 if labels is None else 3
+    totals = [torch.zeros(groups, E, E, dtype=torch.float64, device=device) for _ in range(k)]
+    sum_y = sum_y2 = 0.0
+    n = 0
+    bar = _progress(progress, batch_rows.numel())
+    for start in range(0, batch_rows.shape[0], batch_size):
+        ids = batch_rows[start:start + batch_size].to(device)
+        routing: list = []
+        model.model(ids, routing=routing)
+        y = None
+        if labels is not None:
+            y64 = labels[start:start + batch_size].reshape(-1).to(device, torch.float64)
+            sum_y += float(y64.sum())
+            sum_y2 += float((y64 * y64).sum())
+            y = y64.float()
+        for g, (g1, g2) in enumerate(routing):
+            flat1 = g1.reshape(-1, *g1.shape[2:]).float()
+            flat2 = g2.reshape(-1, *g2.shape[2:]).float()
+            for total, part in zip(totals, _stats(flat1, flat2, y), strict=True):
+                total[g] += part.double()
+        n += ids.numel()
+        if bar is not None:
+            bar[0].update(bar[1], advance=ids.numel())
+    if bar is not None:
+        bar[0].stop()
+    cpu = [t.cpu() for t in totals]
+    if labels is None:
+        return Profile(n, cpu[0], meta=dict(meta or {}, tokens=n))
+    return Profile(n, cpu[0], cpu[1], cpu[2], sum_y, sum_y2, dict(meta or {}, tokens=n))
+
+
+def _progress(label: str | None, total: int):
+    """A rich progress bar on stderr, only when stderr is a terminal."""
+    if label is None or not sys.stderr.isatty():
+        return None
+    from rich.progress import Progress
+
+    bar = Progress(console=err, transient=True)
+    task = bar.add_task(label, total=total)
+    bar.start()
+    return bar, task
+
+
+def labelled_stream(tokenizer, docs: list[dict], max_tokens: int | None = None
+                    ) -> tuple[list[int], list[float]]:
+    """The tokens of scoring.token_stream with each token's weak toxicity label (EOS gets 0)."""
+    from .corpora.toxicity import token_labels
+
+    ids: list[int] = []
+    ys: list[float] = []
+    for doc in docs:
+        tok, offsets = tokenizer.encode_with_offsets(doc["text"])
+        ys.extend(token_labels(offsets, doc["text"]))
+        ids.extend(tok)
+        if tokenizer.eos_id is not None:
+            ids.append(tokenizer.eos_id)
+            ys.append(0.0)
+        if max_tokens is not None and len(ids) >= max_tokens:
+            return ids[:max_tokens], ys[:max_tokens]
+    return ids, ys
+
+
+def profile_corpus(model, tokenizer, docs: list[dict], *, tokens: int, seq_len: int = 256,
+                   batch_size: int = 8, labels: bool = False, meta: dict) -> Profile:
+    """Profile up to `tokens` tokens of `docs` in rows of `seq_len` (a tail shorter than a row is
+    dropped). With `labels`, each token's y is the weak toxicity score of its word."""
+    name = meta.get("corpus", "corpus")
+    if tokens < seq_len:
+        raise UsageError(f"--tokens {tokens} is smaller than one row of --seq-len {seq_len}")
+    if labels:
+        ids, ys = labelled_stream(tokenizer, docs, tokens)
+    else:
+        ids, ys = scoring.token_stream(tokenizer, docs, tokens), None
+    batch_rows = scoring.rows(ids, seq_len - 1, name)
+    y = None if ys is None else torch.tensor(ys[: batch_rows.numel()], dtype=torch.float64).view_as(batch_rows)
+    record = dict(meta, tokens_requested=tokens, seq_len=seq_len, labelled=labels,
+                  provenance=provenance.record())
+    return profile_rows(model, batch_rows, y, batch_size=batch_size, meta=record,
+                        progress=f"profiling {name}")
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def save(profile: Profile, path: str | Path) -> Path:
+    """Write a profile atomically; the same profile always gives the same bytes."""
+    from safetensors.torch import save as st_save
+
+    tensors = {"S": profile.S}
+    if profile.labelled:
+        tensors.update(S2=profile.S2, SY=profile.SY)
+    tensors = {k: v.to(torch.float64).contiguous() for k, v in tensors.items()}
+    head = {"format": FORMAT, "n": profile.n, "sum_y": profile.sum_y, "sum_y2": profile.sum_y2,
+            "meta": profile.meta}
+    data = st_save(tensors, metadata={META_KEY: json.dumps(head, sort_keys=True)})
+    return atomic.write_bytes(path, data)
+
+
+def load(path: str | Path, *, model_fingerprint: str | None = None, config=None) -> Profile:
+    """Read and validate a profile; with `model_fingerprint` (and `config`), check it fits the model."""
+    from safetensors.torch import load as st_load
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: profile file not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        tensors = st_load(raw)
+        n_head = int.from_bytes(raw[:8], "little")
+        head = json.loads(json.loads(raw[8:8 + n_head])["__metadata__"][META_KEY])
+        if not isinstance(head, dict) or not isinstance(head.get("meta"), dict):
+            raise ValueError
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # safetensors raises SafetensorError or a Rust panic on bad bytes
+        raise UsageError(f"{path}: not a monet-edit profile (unreadable safetensors or metadata)") from None
+    if head.get("format") != FORMAT:
+        raise UsageError(f"{path}: profile format {head.get('format')!r} is not supported (expected {FORMAT})")
+    S = tensors.get("S")
+    labelled = "SY" in tensors
+    if S is None or S.dim() != 3 or S.shape[1] != S.shape[2] or set(tensors) - {"S", "S2", "SY"}:
+        raise UsageError(f"{path}: profile tensors must be S (and S2, SY) of shape [groups, E, E]")
+    if labelled != ("S2" in tensors) or any(t.shape != S.shape for t in tensors.values()):
+        raise UsageError(f"{path}: profile tensors S, S2, SY must all be present with the same shape")
+    n = head.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise UsageError(f"{path}: profile is empty (token count {n!r})")
+    sums = [head.get("sum_y"), head.get("sum_y2")]
+    if labelled and not all(isinstance(s, (int, float)) and math.isfinite(s) for s in sums):
+        raise UsageError(f"{path}: labelled profile lacks finite sum_y and sum_y2")
+    if any(not bool(torch.isfinite(t).all()) for t in tensors.values()):
+        raise UsageError(f"{path}: profile holds NaN or infinite values")
+    meta = head["meta"]
+    if model_fingerprint is not None and meta.get("model_fingerprint") != model_fingerprint:
+        raise UsageError(f"{path}: profile was made for another model (fingerprint "
+                         f"{str(meta.get('model_fingerprint'))[:12]}, this model is {model_fingerprint[:12]})")
+    if config is not None and tuple(S.shape) != (config.num_groups, config.moe_experts, config.moe_experts):
+        raise UsageError(f"{path}: profile has shape {list(S.shape)}, the model needs "
+                         f"[{config.num_groups}, {config.moe_experts}, {config.moe_experts}]")
+    if labelled:
+        return Profile(n, S, tensors["S2"], tensors["SY"], float(sums[0]), float(sums[1]), meta)
+    return Profile(n, S, meta=meta)
+
+
+# ---------------------------------------------------------------------------- corpora and cache
+
+
+def open_corpus(name: str) -> corpora.BuiltCorpus:
+    """A registered corpus by name (built if needed) or a user corpus at an existing path."""
+    try:
+        return corpora.build(name)
+    except UsageError:
+        if Path(name).expanduser().exists():
+            return corpora.user_corpus(name)
+        raise
+
+
+def split_profile_docs(docs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(fit, holdout) of a profile split: every document whose sha256(id) is 0 mod 5 is held out.
+
+    Profiles use only `fit`; the budget rule measures losses on `holdout`, never on the eval split.
+    """
+    fit, holdout = [], []
+    for doc in docs:
+        h = int(hashlib.sha256(doc["id"].encode("utf-8")).hexdigest()[:8], 16)
+        (holdout if h % HOLDOUT_EVERY == 0 else fit).append(doc)
+    return fit, holdout
+
+
+def default_dir() -> Path:
+    """$MONET_EDIT_HOME/profiles (beside the corpus cache)."""
+    return corpora.cache_dir().parent / "profiles"
+
+
+def profile_path(out_dir: Path, corpus: corpora.BuiltCorpus, model_fp: str, tokens: int, seq_len: int) -> Path:
+    return out_dir / (f"{corpus.spec.name}-m{model_fp[:10]}-c{corpus.fingerprint[:10]}"
+                      f"-t{tokens}-s{seq_len}.profile.safetensors")
+
+
+def ensure_profiles(model_source, corpus_names: list[str], *, tokens: int, seq_len: int = 256,
+                    batch_size: int = 8, out_dir: str | Path | None = None, device: Any = None,
+                    quiet: bool = False) -> dict[str, Path]:
+    """Profile each corpus's profile split (fit part) unless a profile for the same model
+    fingerprint, corpus fingerprint, tokens and seq_len already exists; {corpus name: path}."""
+    from .loading import load_model, load_tokenizer
+
+    directory = checkpoint.resolve(model_source)
+    model_fp = checkpoint.model_fingerprint(directory)
+    out = Path(out_dir) if out_dir is not None else default_dir()
+    built = [open_corpus(name) for name in corpus_names]
+    model = tokenizer = None
+    paths: dict[str, Path] = {}
+    for corpus in built:
+        path = profile_path(out, corpus, model_fp, tokens, seq_len)
+        if path.is_file():
+            load(path, model_fingerprint=model_fp)  # a damaged cache file fails here, with its name
+            if not quiet:
+                err.print(f"profile {corpus.spec.name}: reusing {path}")
+            paths[corpus.spec.name] = path
+            continue
+        if model is None:
+            model, tokenizer = load_model(directory, device=device), load_tokenizer(directory)
+        fit, _ = split_profile_docs(corpus.load("profile"))
+        meta = {"model_fingerprint": model_fp, "model": str(model_source), "corpus": corpus.spec.name,
+                "corpus_kind": corpus.spec.kind, "corpus_fingerprint": corpus.fingerprint,
+                "split": "profile", "docs": f"fit ({HOLDOUT_EVERY - 1} in {HOLDOUT_EVERY} documents)"}
+        started = time.perf_counter()
+        prof = profile_corpus(model, tokenizer, fit, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
+                              labels=corpus.spec.kind == "toxicity", meta=meta)
+        seconds = time.perf_counter() - started
+        save(prof, path)
+        if not quiet:
+            err.print(f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s "
+                      f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}")
+        paths[corpus.spec.name] = path
+    return paths
+
+
+def summary(profile: Profile, top: int = 5) -> list[dict]:
+    """Per group: experts ever routed to, and the `top` experts by mean weight (id = i*E + j)."""
+    mean = profile.mean()
+    out = []
+    for g in range(profile.groups):
+        flat = mean[g].reshape(-1)
+        values, ids = flat.topk(min(top, flat.numel()))
+        out.append({"group": g, "active": int((flat > 0).sum()),
+                    "top": [{"expert": int(i), "mean": round(float(v), 6)} for v, i in zip(values, ids, strict=True)]})
+    return out
+
