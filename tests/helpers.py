@@ -55,19 +55,13 @@ def write_checkpoint(model: MonetForCausalLM, path: Path, dtype: torch.dtype = t
 
 
 def write_tokenizer(path: Path, vocab_size: int = 300) -> int:
-    """Train a small byte-level BPE with <s>, </s>, <pad>; returns its vocabulary size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a small byte-level BPE (ours, with <pad>, <s>, </s>); returns its vocabulary size."""
+    from tokenizers import Tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    from monet_edit.bpe import train_bpe
+
     text = ["def main():\n    return 0\n", "The law of the land.", "Der Hund ist gross."] * 50
-    tok.train_from_iterator(text, trainer)
-    path.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path / "tokenizer.json"))
-    return tok.get_vocab_size()
+    return Tokenizer.from_file(str(train_bpe(text, vocab_size, path / "tokenizer.json"))).get_vocab_size()
 
 
 def write_tiny_checkpoint(path: Path, decompose: str = "horizontal", seed: int = 0,
