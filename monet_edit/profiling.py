@@ -300,22 +300,22 @@ def ensure_profiles(model_source, corpus_names: list[str], *, tokens: int, seq_l
                     batch_size: int = 8, out_dir: str | Path | None = None, device: Any = None,
                     quiet: bool = False) -> dict[str, Path]:
     """Profile each corpus's profile split (fit part) unless a profile for the same model
-    fingerprint, corpus fingerprint, tokens and seq_len already exists; {corpus name: path}."""
+    fingerprint, corpus fingerprint, tokens and seq_len already exists; {name as given: path}."""
     from .loading import load_model, load_tokenizer
 
     directory = checkpoint.resolve(model_source)
     model_fp = checkpoint.model_fingerprint(directory)
     out = Path(out_dir) if out_dir is not None else default_dir()
-    built = [open_corpus(name) for name in corpus_names]
+    built = {name: open_corpus(name) for name in corpus_names}
     model = tokenizer = None
     paths: dict[str, Path] = {}
-    for corpus in built:
+    for key, corpus in built.items():
         path = profile_path(out, corpus, model_fp, tokens, seq_len)
         if path.is_file():
             load(path, model_fingerprint=model_fp)  # a damaged cache file fails here, with its name
             if not quiet:
                 err.print(f"profile {corpus.spec.name}: reusing {path}")
-            paths[corpus.spec.name] = path
+            paths[key] = path
             continue
         if model is None:
             model, tokenizer = load_model(directory, device=device), load_tokenizer(directory)
@@ -331,7 +331,7 @@ def ensure_profiles(model_source, corpus_names: list[str], *, tokens: int, seq_l
         if not quiet:
             err.print(f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s "
                       f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}")
-        paths[corpus.spec.name] = path
+        paths[key] = path
     return paths
 
 

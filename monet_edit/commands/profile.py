@@ -1,0 +1,59 @@
+"""`monet-edit profile`: routing statistics of a target corpus and its reference corpora."""
+
+from __future__ import annotations
+
+import typer
+
+from ..console import emit_json, err
+from . import _edit_options as opt
+
+ORDER = 20
+
+
+def profile(
+    domain: str = opt.DOMAIN,
+    language: str = opt.LANGUAGE,
+    toxicity: bool = opt.TOXICITY,
+    corpus: str = opt.CORPUS,
+    model: str = opt.MODEL,
+    tokens: int = opt.TOKENS,
+    seq_len: int = opt.SEQ_LEN,
+    batch_size: int = opt.BATCH_SIZE,
+    out: str = typer.Option(None, "--out", help="Directory for the profiles (default $MONET_EDIT_HOME/profiles)."),
+    json_out: bool = opt.JSON_OUT,
+) -> None:
+    """Profile the target's profile split and, for --domain/--language, every sibling corpus.
+
+    Profiles already computed for the same model, corpus, --tokens and --seq-len are reused.
+    """
+    from .. import profiling, targets
+
+    target = targets.resolve(domain, language, toxicity, corpus)
+    names = target.corpora if target.kind in ("domain", "language") else [target.name]
+    paths = profiling.ensure_profiles(model, names, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
+                                      out_dir=out)
+    loaded = {name: profiling.load(path) for name, path in paths.items()}
+    main = loaded[target.name]
+    groups = profiling.summary(main)
+    if json_out:
+        emit_json({"target": target.name, "kind": target.kind,
+                   "profiles": {n: {"path": str(paths[n]), "tokens": p.n, "labelled": p.labelled}
+                                for n, p in loaded.items()},
+                   "groups": groups})
+        return
+    from rich.table import Table
+
+    E = main.experts
+    table = Table(title=f"{target.name}: {main.n:,} tokens, {len(loaded) - 1} reference profile(s)",
+                  title_justify="left")
+    table.add_column("group", justify="right")
+    table.add_column("active experts", justify="right")
+    table.add_column("top experts (i,j): mean routing weight per token")
+    for row in groups:
+        top = "  ".join(f"({t['expert'] // E},{t['expert'] % E}): {t['mean']:.4f}" for t in row["top"])
+        table.add_row(str(row["group"]), f"{row['active']:,} / {E * E:,}", top)
+    err.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(profile)
