@@ -1,0 +1,109 @@
+"""Evaluation of an edit: base vs edited model on held-out eval splits (DESIGN.md section 4).
+
+`prepare` turns user input into a Plan and fails fast (UsageError) on anything wrong, before any
+model runs; `execute` computes the suites, writes results.json + results.md, and checks gates
+(GateFailed after the results are written). No torch at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import atomic, checkpoint, gates
+from ..errors import GateFailed, UsageError
+from .plan import EvalParams, Target, edit_record, parse_suites, record_base, record_target, target_from_name
+
+__all__ = ["EvalParams", "Plan", "Target", "execute", "prepare", "target_from_name"]
+
+
+@dataclass
+class Plan:
+    model: str
+    base: str
+    target: Target
+    params: EvalParams
+    conditions: list[gates.Condition]
+    out: Path
+    force: bool = False
+    edited_mask: object = None  # mask file or {group: bool [E, E]} applied on top of `model`
+    device: str | None = None
+
+
+def default_model() -> str:
+    """The current directory when it holds a checkpoint, else the packaged model."""
+    return "." if Path("config.json").is_file() else "tiny"
+
+
+def default_out(model_dir: Path, record: dict | None) -> Path:
+    """<model>/eval for a writable resected checkpoint, else ./eval-<model name>."""
+    if record is not None and os.access(model_dir, os.W_OK):
+        return model_dir / "eval"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", model_dir.resolve().name).strip("-.") or "model"
+    return Path(f"eval-{name}")
+
+
+def stored_masked(directory: Path) -> int:
+    """Experts masked by the masks stored in a checkpoint (reads only the mask tensors)."""
+    infos = {k: v for k, v in checkpoint.read_headers(directory).items() if checkpoint.MASK_KEY.match(k)}
+    return sum(int(t.sum()) for t in checkpoint.read_tensors(infos).values())
+
+
+def prepare(model: str | None = None, base: str | None = None, target: str | None = None, *,
+            suites: str | None = None, gate: str | None = None, out: str | Path | None = None,
+            force: bool = False, device: str | None = None, **params) -> Plan:
+    """Validate everything an evaluation needs; raise UsageError naming the bad input."""
+    model = model or default_model()
+    model_dir = checkpoint.resolve(model)
+    record = edit_record(model_dir)
+    if base is None:
+        if record is None:
+            raise UsageError(f"{model}: no edit record in config.json (not a resected checkpoint); "
+                             f"give --base MODEL to compare against")
+        base = record_base(record, model_dir)
+    checkpoint.resolve(base)
+    if target is not None:
+        tgt = target_from_name(target)
+    elif record is not None:
+        tgt = record_target(record, model_dir)
+    else:
+        raise UsageError(f"{model}: no edit record names the target; give --target CORPUS")
+    plan_params = EvalParams(suites=parse_suites(suites, tgt), **params)
+    from .plan import check_params
+
+    check_params(plan_params)
+    conditions = gates.parse(gate, plan_params.suites) if gate is not None else []
+    out_path = atomic.check_new_dir(out if out is not None else default_out(model_dir, record), force)
+    return Plan(str(model), str(base), tgt, plan_params, conditions, out_path, force, device=device)
+
+
+def empty_selection(plan: Plan) -> bool:
+    """True when the edited model can only differ from its base by masks and masks nothing."""
+    if plan.edited_mask is not None:
+        return False
+    model_dir, base_dir = checkpoint.resolve(plan.model), checkpoint.resolve(plan.base)
+    same = checkpoint.model_fingerprint(model_dir) == checkpoint.model_fingerprint(base_dir)
+    return same and stored_masked(model_dir) == 0
+
+
+def execute(plan: Plan, log: Callable[[str], None] = lambda _: None,
+            show: Callable[[dict], None] = lambda _: None) -> dict:
+    """Run the plan, write results, show them, then enforce the gates (GateFailed, exit 3)."""
+    from . import report
+    from .compare import evaluate
+
+    if plan.conditions and empty_selection(plan):
+        raise GateFailed(f"{plan.model}: empty selection, the edited model masks no experts and equals its "
+                         f"base; gates cannot pass (nothing evaluated or written)")
+    results = evaluate(plan.base, plan.model, plan.target, plan.params, edited_mask=plan.edited_mask,
+                       device=plan.device, log=log)
+    if results["edited"]["experts_masked"] == 0:
+        results["notes"].append("the edited model masks no experts")
+    results["gates"] = gates.check(plan.conditions, results["summary"])
+    report.write(results, plan.out, plan.force)
+    show(results)
+    gates.enforce(results["gates"])
+    return results

@@ -1,0 +1,123 @@
+"""What an evaluation will do, decided before any model is loaded: the target, its reference
+corpora, the suites and their parameters. Everything here is cheap and raises UsageError, so bad
+input fails before minutes of computation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+SUITES = ("loss", "mcq", "toxicity")
+RECORD_KEY = "monet_edit"  # the edit record inside a resected checkpoint's config.json
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the edit removes: a registered corpus (domain, language, toxicity) or a user corpus path."""
+
+    name: str
+    kind: str  # domain | language | toxicity | corpus
+    family: str = ""
+
+    def reference_corpora(self) -> list[str]:
+        """Corpora scored for loss: the target's siblings of the same kind (and family), then general."""
+        from ..corpora import names
+
+        if self.kind in ("domain", "language"):
+            siblings = names(self.kind, family=self.family or None)
+        else:
+            siblings = [self.name]
+        return [*siblings, "general"]
+
+    def default_suites(self) -> tuple[str, ...]:
+        return {"domain": ("loss", "mcq"), "toxicity": ("loss", "toxicity")}.get(self.kind, ("loss",))
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """Every knob of an evaluation; recorded verbatim in the results."""
+
+    suites: tuple[str, ...]
+    tokens: int = 20_000  # eval tokens per corpus (loss suite)
+    seq_len: int | None = None  # None: min(256, the model's positions)
+    batch_size: int = 8
+    mcq_items: int = 100  # questions per category (mcq suite)
+    prompts: int = 25  # toxic and non-toxic prompts each (toxicity suite)
+    samples: int = 5  # continuations per prompt
+    max_new_tokens: int = 20
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["suites"] = list(self.suites)
+        return out
+
+
+def target_from_name(name: str) -> Target:
+    """A registered corpus name (aliases accepted) or an existing corpus file/directory."""
+    from ..corpora import get_spec
+
+    path = Path(name).expanduser()
+    try:
+        spec = get_spec(name)
+    except UsageError:
+        if path.exists():
+            return Target(str(path), "corpus")
+        raise
+    if spec.kind == "general":
+        raise UsageError("general cannot be an edit target (it is the mixture every evaluation reports)")
+    return Target(spec.name, spec.kind, spec.family)
+
+
+def parse_suites(text: str | None, target: Target) -> tuple[str, ...]:
+    if text is None or not text.strip():
+        return target.default_suites()
+    suites = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    for s in suites:
+        if s not in SUITES:
+            raise UsageError(f"--suite: unknown suite {s!r} (choose from {', '.join(SUITES)})")
+    if "mcq" in suites and target.kind != "domain":
+        raise UsageError(f"--suite mcq needs a domain target (multiple choice comes from the MMLU "
+                         f"domains), not {target.kind} {target.name}")
+    return suites
+
+
+def check_params(params: EvalParams) -> None:
+    for key in ("tokens", "batch_size", "mcq_items", "prompts", "samples", "max_new_tokens"):
+        if getattr(params, key) < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(params, key)}")
+    if params.seq_len is not None and params.seq_len < 2:
+        raise UsageError(f"--seq-len must be at least 2, got {params.seq_len}")
+
+
+def edit_record(directory: Path) -> dict | None:
+    """The edit record of a resected checkpoint (config.json key `monet_edit`), or None."""
+    try:
+        data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    record = data.get(RECORD_KEY) if isinstance(data, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def record_base(record: dict, where: Path) -> str:
+    base = record.get("base")
+    if isinstance(base, dict):
+        base = base.get("source") or base.get("path")
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"{where}: the edit record has no base model; give --base")
+    return base
+
+
+def record_target(record: dict, where: Path) -> Target:
+    target = record.get("target")
+    if isinstance(target, dict):
+        name = target.get("name")
+    else:
+        name = target
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{where}: the edit record names no target; give --target")
+    return target_from_name(name)
