@@ -8,6 +8,7 @@ allocated, so a broken config fails with one line instead of a shape error deep 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,8 @@ class MonetConfig:
                 raise bad(f"{name} must be a positive integer, got {value!r}")
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise bad(f"{name} must be a positive number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise bad(f"{name} must be a positive finite number, got {value!r}")
         if self.moe_decompose not in DECOMPOSITIONS:
             raise bad(f"moe_decompose must be 'horizontal' or 'vertical', got {self.moe_decompose!r}")
         if self.hidden_act != "relu2":
