@@ -7,6 +7,7 @@ UsageErrors raised before any computation; a condition that does not hold raises
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 import re
@@ -63,7 +64,7 @@ def metric_help() -> str:
 
 def parse(expression: str, suites: tuple[str, ...] | None = None) -> list[Condition]:
     """Conditions of `expression`; with `suites`, every metric must be produced by one of them."""
-    parts = [p for p in expression.split(",")]
+    parts = expression.split(",")
     if not expression.strip() or any(not p.strip() for p in parts):
         raise UsageError(f"--gate {expression!r}: empty condition (expected 'metric OP number, ...')")
     out = []
@@ -74,7 +75,9 @@ def parse(expression: str, suites: tuple[str, ...] | None = None) -> list[Condit
                              f"one of {', '.join(OPS)})")
         metric, op, number = m.groups()
         if metric not in METRICS:
-            raise UsageError(f"--gate: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+            close = difflib.get_close_matches(metric, list(METRICS), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(f"--gate: unknown metric {metric!r}; {hint}known: {', '.join(METRICS)}")
         suite = METRICS[metric][0]
         if suites is not None and suite and suite not in suites:
             raise UsageError(f"--gate: metric {metric} needs the {suite} suite (running: {', '.join(suites)})")

@@ -12,7 +12,7 @@ import torch
 from helpers import random_mask, tiny_config
 
 from monet_edit.errors import UsageError
-from monet_edit.evaluation import EvalParams, Target, prepare, report
+from monet_edit.evaluation import EvalParams, prepare, report, target_from_name
 from monet_edit.evaluation import mcq as mcq_mod
 from monet_edit.evaluation import summary as summary_mod
 from monet_edit.evaluation import toxicity as tox
@@ -61,7 +61,7 @@ def python_results(tiny_ckpt, copies, shared_home) -> dict[str, dict]:
     import os
 
     os.environ["MONET_EDIT_HOME"] = str(shared_home)
-    target = Target("python", "language", "code")
+    target = target_from_name("python")
     params = EvalParams(suites=("loss",), **SMALL)
     return {k: evaluate(str(tiny_ckpt), str(copies[k]), target, params) for k in ("same", "masked")}
 
@@ -247,5 +247,5 @@ def test_prepare_rejects_bad_input(tiny_ckpt, copies, tmp_path):
     with pytest.raises(UsageError, match="exists.*--force"):
         prepare(str(copies["masked"]), str(tiny_ckpt), "law", out=tmp_path / "out")
     plan = prepare(str(copies["masked"]), str(tiny_ckpt), "toxic", out=tmp_path / "out", force=True)
-    assert plan.target == Target("toxicity", "toxicity") and plan.params.suites == ("loss", "toxicity")
+    assert (plan.target.kind, plan.target.name) == ("toxicity", "toxicity") and plan.params.suites == ("loss", "toxicity")
     assert prepare(str(copies["masked"]), str(tiny_ckpt), "law", out=tmp_path / "o2").params.suites == ("loss", "mcq")

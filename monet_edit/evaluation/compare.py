@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import checkpoint, provenance
 from ..errors import UsageError
 from . import summary as summary_mod
-from .plan import EvalParams, Target
+from .plan import EvalParams, Target, loss_corpora
 
 MAX_SEQ_LEN = 256
 
@@ -20,7 +20,7 @@ def load_data(target: Target, params: EvalParams, tokenizer, seq_len: int) -> di
 
     data: dict = {"fingerprints": {}, "loss": {}, "mcq": {}, "prompts": None}
     if "loss" in params.suites:
-        for name in target.reference_corpora():
+        for name in loss_corpora(target):
             built = user_corpus(name) if target.kind == "corpus" and name == target.name else build(name)
             data["fingerprints"][name] = built.fingerprint
             stream = token_stream(tokenizer, built.load("eval"), params.tokens)
@@ -98,7 +98,7 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
     data = load_data(target, params, tokenizer, seq_len)
     sides, masked = {}, (0, 0)
     for side, source, mask in (("before", base_dir, None), ("after", edited_dir, edited_mask)):
-        log(f"{side}: {source}")
+        log(f"{side}: {source}" + (" + selected mask" if mask is not None else ""))
         model = load_model(source, mask=mask, device=device)
         if side == "after":
             masked = _masked(model)
@@ -123,7 +123,7 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
         "edited": {"source": str(edited), "dir": str(edited_dir),
                    "fingerprint": checkpoint.model_fingerprint(edited_dir),
                    "mask": _mask_record(edited_mask), "experts_masked": masked[0], "experts_total": masked[1]},
-        "target": {"name": target.name, "kind": target.kind, "family": target.family},
+        "target": {"name": target.name, "kind": target.kind, "references": list(target.references)},
         "parameters": dict(params.to_dict(), seq_len=seq_len),
         "corpora": data["fingerprints"],
         "prompts": data["prompts"],

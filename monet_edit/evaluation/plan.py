@@ -8,32 +8,21 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import checkpoint, targets
 from ..errors import UsageError
+from ..targets import Target
 
 SUITES = ("loss", "mcq", "toxicity")
 RECORD_KEY = "monet_edit"  # the edit record inside a resected checkpoint's config.json
 
 
-@dataclass(frozen=True)
-class Target:
-    """What the edit removes: a registered corpus (domain, language, toxicity) or a user corpus path."""
+def loss_corpora(target: Target) -> list[str]:
+    """Corpora scored for loss: the target, its references (siblings of the same kind), then general."""
+    return list(dict.fromkeys([*target.corpora, "general"]))
 
-    name: str
-    kind: str  # domain | language | toxicity | corpus
-    family: str = ""
 
-    def reference_corpora(self) -> list[str]:
-        """Corpora scored for loss: the target's siblings of the same kind (and family), then general."""
-        from ..corpora import names
-
-        if self.kind in ("domain", "language"):
-            siblings = names(self.kind, family=self.family or None)
-        else:
-            siblings = [self.name]
-        return [*siblings, "general"]
-
-    def default_suites(self) -> tuple[str, ...]:
-        return {"domain": ("loss", "mcq"), "toxicity": ("loss", "toxicity")}.get(self.kind, ("loss",))
+def default_suites(target: Target) -> tuple[str, ...]:
+    return {"domain": ("loss", "mcq"), "toxicity": ("loss", "toxicity")}.get(target.kind, ("loss",))
 
 
 @dataclass(frozen=True)
@@ -57,24 +46,25 @@ class EvalParams:
 
 
 def target_from_name(name: str) -> Target:
-    """A registered corpus name (aliases accepted) or an existing corpus file/directory."""
+    """The edit target named by a registered corpus (aliases accepted) or an existing corpus path."""
     from ..corpora import get_spec
 
-    path = Path(name).expanduser()
     try:
         spec = get_spec(name)
     except UsageError:
-        if path.exists():
-            return Target(str(path), "corpus")
+        if Path(name).expanduser().exists():
+            return targets.resolve(corpus=name)
         raise
     if spec.kind == "general":
         raise UsageError("general cannot be an edit target (it is the mixture every evaluation reports)")
-    return Target(spec.name, spec.kind, spec.family)
+    if spec.kind == "toxicity":
+        return targets.resolve(toxicity=True)
+    return targets.resolve(**{spec.kind: spec.name})
 
 
 def parse_suites(text: str | None, target: Target) -> tuple[str, ...]:
     if text is None or not text.strip():
-        return target.default_suites()
+        return default_suites(target)
     suites = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     for s in suites:
         if s not in SUITES:
@@ -105,8 +95,9 @@ def edit_record(directory: Path) -> dict | None:
 
 def record_base(record: dict, where: Path) -> str:
     base = record.get("base")
-    if isinstance(base, dict):
-        base = base.get("source") or base.get("path")
+    if isinstance(base, dict):  # resect records the source as given and its resolved path
+        source, path = base.get("source"), base.get("path")
+        base = source if source in checkpoint.PACKAGED or not (path and Path(path).is_dir()) else path
     if not isinstance(base, str) or not base:
         raise UsageError(f"{where}: the edit record has no base model; give --base")
     return base
@@ -114,10 +105,7 @@ def record_base(record: dict, where: Path) -> str:
 
 def record_target(record: dict, where: Path) -> Target:
     target = record.get("target")
-    if isinstance(target, dict):
-        name = target.get("name")
-    else:
-        name = target
+    name = target.get("name") if isinstance(target, dict) else target
     if not isinstance(name, str) or not name:
         raise UsageError(f"{where}: the edit record names no target; give --target")
     return target_from_name(name)
