@@ -309,12 +309,12 @@ def ensure_profiles(model_source, corpus_names: list[str], *, tokens: int, seq_l
     built = {name: open_corpus(name) for name in corpus_names}
     model = tokenizer = None
     paths: dict[str, Path] = {}
+    reused: list[str] = []
     for key, corpus in built.items():
         path = profile_path(out, corpus, model_fp, tokens, seq_len)
         if path.is_file():
             load(path, model_fingerprint=model_fp)  # a damaged cache file fails here, with its name
-            if not quiet:
-                err.print(f"profile {corpus.spec.name}: reusing {path}")
+            reused.append(corpus.spec.name)
             paths[key] = path
             continue
         if model is None:
@@ -330,8 +330,10 @@ def ensure_profiles(model_source, corpus_names: list[str], *, tokens: int, seq_l
         save(prof, path)
         if not quiet:
             err.print(f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s "
-                      f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}")
+                      f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}", soft_wrap=True)
         paths[key] = path
+    if reused and not quiet:
+        err.print(f"reused {len(reused)} profile(s) from {out}: {', '.join(reused)}", soft_wrap=True)
     return paths
 
 

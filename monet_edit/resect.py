@@ -32,11 +32,13 @@ ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2
             "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
-def _check_out(out: Path, base: Path) -> None:
-    """The output may be neither the base directory, nor inside it, nor one of its parents."""
+def check_output(out: Path, base: Path, force: bool) -> None:
+    """The output may be neither the base directory, nor inside it, nor one of its parents, and
+    exists only with `force`."""
     o, b = out.expanduser().resolve(), base.resolve()
     if o == b or b in o.parents or o in b.parents:
         raise UsageError(f"{out}: output would overlap the base checkpoint {base}; choose another --out")
+    atomic.check_new_dir(out, force)
 
 
 def _existing_masks(config, infos: dict) -> dict:
@@ -100,8 +102,7 @@ def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False
     base = checkpoint.resolve(base_source)
     config = checkpoint.load_config(base)
     out = Path(out_dir)
-    _check_out(out, base)
-    atomic.check_new_dir(out, force)
+    check_output(out, base, force)
     infos = checkpoint.read_headers(base)
     checkpoint.check_tensors(config, infos, base)
     masks = masks_mod.normalise(masks, config, where="mask")

@@ -25,9 +25,8 @@ from . import checkpoint, profiling, provenance, scoring
 from . import masks as masks_mod
 from .errors import UsageError
 from .profiling import Profile
-from .targets import Target
+from .targets import RULES, Target
 
-RULES = ("skew", "corr", "budget")
 MAX_FRACTION = 0.05  # the budget rule never masks more than this share of a model's experts
 DRY_RUN_GRID = {"skew": ("ratio", (1.5, 2.0, 3.0, 5.0)), "corr": ("threshold", (0.05, 0.1, 0.2))}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import UsageError
 
+RULES = ("skew", "corr", "budget")
 DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "corr", "corpus": "skew"}
 
 
@@ -61,3 +62,15 @@ def resolve(domain: str | None = None, language: str | None = None, toxicity: bo
     else:
         siblings = corpora.names("language", family=spec.family)
     return Target(kind, spec.name, tuple(n for n in siblings if n != spec.name))
+
+
+def check_rule(target: Target, rule: str | None) -> str:
+    """The rule to use for `target` (its default when None), refused before any profiling if it
+    cannot apply: corr needs per-token labels, which only the toxicity corpus has."""
+    rule = rule or target.default_rule
+    if rule not in RULES:
+        raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "corr" and target.kind != "toxicity":
+        raise UsageError(f"rule corr needs token labels and {target.name} has none; use it with --toxicity "
+                         "(or choose --rule skew or budget)")
+    return rule

@@ -49,13 +49,9 @@ def check_new_file(path: Path, force: bool) -> None:
 def select(model: str, target, rule: str | None, *, ratio: float, threshold: float, retain_budget: float,
            tokens: int, seq_len: int, batch_size: int, profiles_dir: str | None):
     """Profile (or reuse profiles) and run the rule for a target: a selection.Selection."""
-    from .. import selection
+    from .. import selection, targets
 
-    rule = rule or target.default_rule
-    if rule not in selection.RULES:
-        from ..errors import UsageError
-
-        raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(selection.RULES)}")
+    rule = targets.check_rule(target, rule)
     inputs = selection.target_inputs(model, target, rule, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
                                      profiles_dir=profiles_dir)
     return selection.apply_rule(model, inputs, rule, ratio=ratio, threshold=threshold,

@@ -1,0 +1,191 @@
+"""Selection rules (skew, corr, budget), mask files, and the `mask` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from clirun import Result, assert_clean_error, cli
+from helpers import random_model, tiny_config
+
+from monet_edit import checkpoint, masks, profiling, selection
+from monet_edit.errors import UsageError
+from monet_edit.loading import load_model, load_tokenizer
+from monet_edit.profiling import Profile
+
+
+def run(capsys, *args) -> Result:
+    """The CLI in-process (no torch import per call): same exit codes and streams as a subprocess."""
+    from monet_edit.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return Result(code, out.out, out.err)
+
+
+def prof(mean, n=10, fp="m", corpus="t") -> Profile:
+    S = torch.tensor(mean, dtype=torch.float64) * n
+    return Profile(n, S, meta={"model_fingerprint": fp, "corpus": corpus, "corpus_fingerprint": corpus})
+
+
+def test_skew_follows_the_rule_exactly():
+    target = prof([[[0.4, 0.1], [0.0, 0.2]]])
+    others = [prof([[[0.1, 0.05], [0.0, 0.15]]], corpus="a"), prof([[[0.3, 0.0], [0.1, 0.05]]], n=20, corpus="b")]
+    got = selection.skew(target, others, ratio=2.0)
+    assert set(got) == {0} and got[0].dtype == torch.bool
+    assert got[0].tolist() == [[False, True], [False, False]]
+    # s(D) > 0 is required: an expert unused everywhere is not "specific"
+    assert selection.skew(target, others, ratio=1.2)[0].tolist() == [[True, True], [False, True]]
+    with pytest.raises(UsageError, match="reference profiles"):
+        selection.skew(target, [])
+    with pytest.raises(UsageError, match="--ratio"):
+        selection.skew(target, others, ratio=0.5)
+    with pytest.raises(UsageError, match="different models"):
+        selection.skew(target, [prof([[[0.1, 0.1], [0.1, 0.1]]], fp="other")])
+
+
+def test_corr_selects_the_expert_that_tracks_the_label():
+    model = random_model(tiny_config(), seed=5)
+    rows = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        g1, g2 = model(rows, output_routing=True).routing[1]
+    G = torch.einsum("bthi,bthj->btij", g1, g2)
+    usage = (G > 0).float().mean((0, 1))
+    i, j = divmod(int((usage - 0.5).abs().argmin()), 8)  # an expert active on some tokens, not all
+    y = G[:, :, i, j].double()
+    p = profiling.profile_rows(model, rows, y)
+    r = p.pearson()
+    assert r[1, i, j] == pytest.approx(1.0, abs=1e-6)
+    got = selection.corr(p, threshold=0.999)
+    assert got[1][i, j] and int(got[0].sum()) + int(got[1].sum()) == int((r >= 0.999).sum())
+    assert int(selection.corr(p, 0.05)[1].sum()) >= int(got[1].sum())
+    with pytest.raises(UsageError, match="--threshold"):
+        selection.corr(p, 0.0)
+    with pytest.raises(UsageError, match="no token labels"):
+        selection.corr(prof([[[0.1]]]))
+
+
+def test_budget_picks_the_most_damaging_count_within_the_retain_budget(tiny_ckpt):
+    model = load_model(tiny_ckpt)
+    tok = load_tokenizer(tiny_ckpt)
+    code = [{"text": f"def f{i}(x):\n    return x + {i}\n"} for i in range(60)]
+    prose = [{"text": f"Der Hund {i} ist gross. The law of the land {i}."} for i in range(60)]
+    meta = {"model_fingerprint": "m", "corpus_fingerprint": "c"}
+    target = profiling.profile_corpus(model, tok, code[:40], tokens=4000, seq_len=32, meta=meta)
+    other = profiling.profile_corpus(model, tok, prose[:40], tokens=4000, seq_len=32, meta=meta)
+    trace: list[dict] = []
+    chosen = selection.budget(model, code[40:], prose[40:], target, [other], retain_budget=0.05, seq_len=32,
+                              max_fraction=0.3, trace=trace)
+    assert model.masks() == {}  # the search leaves the model as it found it
+    tried = [t["experts"] for t in trace]
+    assert tried[0] == 0 and tried[1:4] == [1, 2, 4]
+    feasible = [t for t in trace[1:] if t["retain_rise"] <= 0.05]
+    best = max(feasible, key=lambda t: t["target_rise"], default=None)
+    n = sum(int(m.sum()) for m in chosen.values())
+    assert n == (best["experts"] if best and best["target_rise"] > 0 else 0)
+    assert n > 0  # on this model masking code-specific experts does hurt code more than prose
+    # the chosen masks are the top-n of the score, and reproduce the measured loss
+    from monet_edit import scoring
+
+    score = selection.budget_score(target, [other])
+    stacked = torch.stack([chosen[g] for g in range(2)])
+    assert score[stacked].min() >= score[~stacked].max()
+    rows = scoring.rows(scoring.token_stream(tok, code[40:], 20_000), 32)
+    masked = load_model(tiny_ckpt, mask=chosen)
+    assert scoring.loss_sums(masked, rows).loss == pytest.approx(best["target_loss"], rel=1e-6)
+    with pytest.raises(UsageError, match="--retain-budget"):
+        selection.budget(model, code, prose, target, [other], retain_budget=-1)
+
+
+def test_mask_file_round_trip_and_fingerprint_check(tmp_path):
+    cfg = tiny_config()
+    m = {0: torch.eye(8, dtype=torch.bool), 1: torch.zeros(8, 8, dtype=torch.bool)}
+    path = selection.write_mask(tmp_path / "m.safetensors", m, cfg, rule="skew", params={"ratio": 2.0},
+                                model_fingerprint="abc", sources={"law": {"tokens": 5}}, target="law")
+    loaded, meta = selection.load_mask(path, cfg, model_fingerprint="abc")
+    assert torch.equal(loaded[0], m[0]) and not loaded[1].any()
+    assert meta["counts"] == [8, 0] and meta["masked"] == 8 and meta["fraction"] == 8 / 128
+    assert meta["rule"] == "skew" and meta["params"] == {"ratio": 2.0} and meta["target"] == "law"
+    assert meta["provenance"]["tool"] == "monet-edit"
+    with pytest.raises(UsageError, match="another model"):
+        selection.load_mask(path, cfg, model_fingerprint="xyz")
+    with pytest.raises(UsageError, match=r"\[16, 16\]"):
+        selection.load_mask(path, tiny_config(moe_experts=16))
+
+
+def test_mask_command_writes_what_the_rule_selects(tiny_ckpt, tmp_path, capsys):
+    out, pdir = tmp_path / "law.safetensors", tmp_path / "profiles"
+    common = ["--model", tiny_ckpt, "--tokens", "1500", "--seq-len", "32", "--profiles-dir", pdir]
+    dry = run(capsys, "mask", "--domain", "law", *common, "--dry-run", "--json", "--out", out)
+    assert dry.code == 0, dry.stderr
+    grid = json.loads(dry.stdout)["dry_run"]
+    assert [(r["rule"], r["value"]) for r in grid] == [("skew", 1.5), ("skew", 2.0), ("skew", 3.0),
+                                                       ("skew", 5.0), ("skew (chosen)", 2.0)]
+    assert [r["masked"] for r in grid[:4]] == sorted((r["masked"] for r in grid[:4]), reverse=True)
+    assert not out.exists()
+    res = run(capsys, "mask", "--domain", "law", *common, "--ratio", "1.5", "--out", out, "--json")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    files = sorted(pdir.iterdir())
+    assert len(files) == 14  # law and the 13 other categories
+    law_file = next(f for f in files if f.name.startswith("law-"))
+    ref_files = [f for f in files if f != law_file]
+    fp = checkpoint.model_fingerprint(tiny_ckpt)
+    target = profiling.load(law_file, model_fingerprint=fp)
+    expected = selection.skew(target, [profiling.load(f) for f in ref_files], 1.5)
+    got, meta = masks.load(out)
+    assert all(torch.equal(got[g], expected[g]) for g in expected)
+    assert meta["counts"] == data["counts"] == [int(expected[g].sum()) for g in range(2)]
+    assert meta["params"] == {"ratio": 1.5} and meta["model_fingerprint"] == fp
+    assert len(meta["sources"]) == 14 and meta["sources"]["law"]["tokens"] == target.n
+    # from the profile files directly (target first): the same selection
+    again = run(capsys, "mask", *[a for f in [law_file, *ref_files] for a in ("--profile", f)], "--model",
+                tiny_ckpt, "--ratio", "1.5", "--out", tmp_path / "again.safetensors")
+    assert again.code == 0, again.stderr
+    got2, _ = masks.load(tmp_path / "again.safetensors")
+    assert all(torch.equal(got2[g], expected[g]) for g in expected)
+
+
+def test_empty_selection_is_written_with_a_warning(tiny_ckpt, tmp_path, capsys):
+    res = run(capsys, "mask", "--domain", "math", "--model", tiny_ckpt, "--tokens", "600", "--seq-len", "32",
+              "--ratio", "1e9", "--out", tmp_path / "e.safetensors")
+    assert res.code == 0, res.stderr
+    assert "EMPTY" in res.stderr
+    _, meta = masks.load(tmp_path / "e.safetensors")
+    assert meta["counts"] == [0, 0] and meta["masked"] == 0
+
+
+def test_mask_bad_input(tiny_ckpt, tmp_path, capsys):
+    m = ["--model", tiny_ckpt, "--tokens", "600", "--seq-len", "32"]
+    out = tmp_path / "x.safetensors"
+    assert_clean_error(run(capsys, "mask", "--language", "klingon", *m, "--out", out), 2,
+                       "unknown corpus 'klingon'", "python")
+    assert_clean_error(run(capsys, "mask", "--language", "law", *m, "--out", out), 2, "not a language")
+    assert_clean_error(run(capsys, "mask", "--domain", "law", "--rule", "magic", *m, "--out", out), 2,
+                       "unknown rule 'magic'")
+    assert_clean_error(run(capsys, "mask", "--domain", "law", "--rule", "corr", *m, "--out", out), 2,
+                       "corr needs token labels")
+    assert not out.exists()
+    foreign = profiling.save(prof([[[0.1] * 8] * 8] * 2, fp="0" * 64, corpus="law"), tmp_path / "f.safetensors")
+    assert_clean_error(run(capsys, "mask", "--profile", foreign, "--model", tiny_ckpt, "--out", out), 2,
+                       "another model")
+    nan = prof([[[float("nan")] * 8] * 8] * 2, fp=checkpoint.model_fingerprint(tiny_ckpt))
+    nan_path = profiling.save(nan, tmp_path / "nan.safetensors")
+    assert_clean_error(run(capsys, "mask", "--profile", nan_path, "--model", tiny_ckpt, "--out", out), 2, "NaN")
+    assert not out.exists()
+    out.write_bytes(b"keep")
+    assert_clean_error(run(capsys, "mask", "--domain", "law", *m, "--out", out), 2, "exists", "--force")
+    assert out.read_bytes() == b"keep"
+
+
+def test_mask_command_subprocess_toxicity_corr(tiny_ckpt, tmp_path):
+    out = tmp_path / "tox.safetensors"
+    res = cli("mask", "--toxicity", "--model", tiny_ckpt, "--tokens", "2000", "--seq-len", "50",
+              "--threshold", "0.05", "--out", out, "--json")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    got, meta = masks.load(out)
+    assert meta["rule"] == "corr" and meta["params"] == {"threshold": 0.05}
+    assert meta["counts"] == data["counts"] == [int(got[g].sum()) for g in range(2)]
+    assert list(meta["sources"]) == ["toxicity"]
