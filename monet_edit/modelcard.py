@@ -1,7 +1,8 @@
 """The model card (README.md) written beside every resected checkpoint, from its edit record.
 
-`eval_summary` (optional) is what `eval` reports: {"table": [{"metric", "before", "after"}, ...]}
-rendered as a before/after table (delta computed), other scalar entries listed below it.
+`eval_summary` (optional) is what `eval` reports: a flat dict whose `X_before` / `X_after` pairs
+(and any `table` rows {"metric", "before", "after"}) become a before/after table with deltas;
+the other scalars are listed below it.
 """
 
 from __future__ import annotations
@@ -22,17 +23,23 @@ def _params(params: dict) -> str:
 
 
 def eval_section(summary: dict[str, Any]) -> list[str]:
+    """Before/after rows from `table` entries and from every `X_before` / `X_after` pair of a flat
+    summary (as `eval` writes it); the remaining scalars as a list."""
+    rows = [(r.get("metric", ""), r.get("before"), r.get("after")) for r in summary.get("table") or []]
+    paired = set()
+    for key in sorted(summary):
+        if key.endswith("_before") and (after := key[: -len("_before")] + "_after") in summary:
+            rows.append((key[: -len("_before")], summary[key], summary[after]))
+            paired |= {key, after}
     lines = ["## Evaluation (before / after)", ""]
-    table = summary.get("table") or []
-    if table:
+    if rows:
         lines += ["| metric | before | after | delta |", "|---|---:|---:|---:|"]
-        for row in table:
-            before, after = row.get("before"), row.get("after")
-            delta = after - before if isinstance(before, (int, float)) and isinstance(after, (int, float)) else ""
-            lines.append(f"| {row.get('metric', '')} | {_num(before)} | {_num(after)} | {_num(delta)} |")
+        for metric, before, after in rows:
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after))
+            lines.append(f"| {metric} | {_num(before)} | {_num(after)} | {_num(after - before) if numbers else ''} |")
         lines.append("")
     for key, value in sorted(summary.items()):
-        if key != "table" and not isinstance(value, (list, dict)):
+        if key != "table" and key not in paired and not isinstance(value, (list, dict)):
             lines.append(f"- {key}: {_num(value)}")
     return lines + [""]
 

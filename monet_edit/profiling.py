@@ -320,7 +320,10 @@ def ensure_profiles(model_source, corpus_names: list[str], *, tokens: int, seq_l
         if model is None:
             model, tokenizer = load_model(directory, device=device), load_tokenizer(directory)
         fit, _ = split_profile_docs(corpus.load("profile"))
+        resolved = str(Path(key).expanduser().resolve())
+        ref = resolved if corpus.spec.source == resolved else corpus.spec.name  # user corpora: their path
         meta = {"model_fingerprint": model_fp, "model": str(model_source), "corpus": corpus.spec.name,
+                "corpus_ref": ref,
                 "corpus_kind": corpus.spec.kind, "corpus_fingerprint": corpus.fingerprint,
                 "split": "profile", "docs": f"fit ({HOLDOUT_EVERY - 1} in {HOLDOUT_EVERY} documents)"}
         started = time.perf_counter()

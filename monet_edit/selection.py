@@ -241,6 +241,11 @@ def _holdout(name: str, fingerprint: str | None, *, toxic_only: bool = False) ->
     return [d for d in held if d.get("label", 0.0) >= 0.5] if toxic_only else held
 
 
+def _ref(meta: dict) -> str:
+    """How to open a profile's corpus again: its registered name, or a user corpus's path."""
+    return str(meta.get("corpus_ref") or meta.get("corpus", "target"))
+
+
 def _interleave(doc_lists: list[list[dict]]) -> list[dict]:
     """Round-robin over corpora, so a token cap takes an equal share of each."""
     return [d for d in chain.from_iterable(zip_longest(*doc_lists)) if d is not None]
@@ -253,7 +258,7 @@ def apply_rule(model_source, inputs: Inputs, rule: str, *, ratio: float = 2.0, t
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
     fp = inputs.target.meta.get("model_fingerprint", "")
-    name = str(inputs.target.meta.get("corpus", "target"))
+    name = str(_ref(inputs.target.meta))
     trace: list[dict] = []
     if rule == "skew":
         masks, params = skew(inputs.target, inputs.others, ratio), {"ratio": ratio}
@@ -262,7 +267,7 @@ def apply_rule(model_source, inputs: Inputs, rule: str, *, ratio: float = 2.0, t
     else:
         toxic = inputs.target.meta.get("corpus_kind") == "toxicity"
         target_docs = _holdout(name, inputs.target.meta.get("corpus_fingerprint"), toxic_only=toxic)
-        retain_docs = _interleave([_holdout(str(p.meta.get("corpus")), p.meta.get("corpus_fingerprint"))
+        retain_docs = _interleave([_holdout(_ref(p.meta), p.meta.get("corpus_fingerprint"))
                                    for p in inputs.others])
         masks = budget(model if model is not None else model_source, target_docs, retain_docs, inputs.target,
                        inputs.others, retain_budget=retain_budget, seq_len=seq_len, batch_size=batch_size,

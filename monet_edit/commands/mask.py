@@ -54,7 +54,7 @@ def mask(
         label, rule = target.label, targets.check_rule(target, rule)
     if rule not in targets.RULES:
         raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(targets.RULES)}")
-    path = Path(out or f"mask-{label}-{rule}.safetensors")
+    path = Path(out or f"mask-{Path(label).stem}-{rule}.safetensors")
     if not dry_run:
         opt.check_new_file(path, force)
     if not profile:

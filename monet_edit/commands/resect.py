@@ -53,7 +53,7 @@ def resect(
     else:
         target = targets.resolve(domain, language, toxicity, corpus)
         label, rule = target.label, targets.check_rule(target, rule)
-    path = Path(out or f"resected-{label}")
+    path = Path(out or f"resected-{Path(label).stem}")
     resect_mod.check_output(path, base, force)
     if not mask:
         sel = opt.select(model, target, rule, ratio=ratio, threshold=threshold, retain_budget=retain_budget,
