@@ -143,6 +143,8 @@ class MonetHDExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor,
                 pairs: kernels.MaskedPairs | None) -> torch.Tensor:
+        if 0 < x.shape[0] <= kernels.sparse_tokens():
+            return kernels.hd_sparse(self, x, g1, g2, pairs)
         a = relu2(self.u(x)).view(x.shape[0], self.experts, -1)
         slots, bias = kernels.hd_mix(a, g1, g2, pairs)
         return self.v(slots.flatten(1)) + bias @ self.b.to(slots.dtype)
@@ -167,6 +169,8 @@ class MonetVDExperts(nn.Module):
     def forward(self, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor,
                 pairs: kernels.MaskedPairs | None) -> torch.Tensor:
         N = x.shape[0]
+        if 0 < N <= kernels.sparse_tokens():
+            return kernels.vd_sparse(self, x, g1, g2, pairs)
         a1 = relu2(self.u1(x)).view(N, self.experts, -1)
         a2 = relu2(self.u2(x)).view(N, self.experts, -1)
         mix = kernels.vd_mix(a1, a2, g1, g2, pairs)

@@ -71,21 +71,25 @@ def masked_pairs(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> Mask
     return MaskedPairs(i1, i2, weight)
 
 
-def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x: [N, E, m], idx: [N, H, K] -> [N, H, K, m]."""
-    N, H, K = idx.shape
-    flat = idx.reshape(N, H * K, 1).expand(-1, -1, x.shape[-1])
-    return x.gather(1, flat).view(N, H, K, x.shape[-1])
+def _hits(pairs: MaskedPairs, experts1: int, experts2: int
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The masked active pairs as flat row ids n*E1 + i and n*E2 + j, with their weights.
+
+    Only the pairs that are masked carry a non-zero weight, a few percent of the active ones, so
+    the correction touches those rows alone instead of every active (token, head, i, j).
+    """
+    n, h, a, b = pairs.weight.nonzero(as_tuple=True)
+    return n * experts1 + pairs.idx1[n, h, a], n * experts2 + pairs.idx2[n, h, b], pairs.weight[n, h, a, b]
 
 
-def _scatter_rows(out: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """out[n, idx[n,h,k]] += rows[n, h, k] for out: [N, E, m] (or [N, E]) ."""
-    N = idx.shape[0]
-    flat_idx = idx.reshape(N, -1)
-    if out.dim() == 3:
-        return out.scatter_add(1, flat_idx.unsqueeze(-1).expand(-1, -1, out.shape[-1]),
-                               rows.reshape(N, -1, out.shape[-1]))
-    return out.scatter_add(1, flat_idx, rows.reshape(N, -1))
+def _subtract_rows(out: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, src: torch.Tensor | None = None,
+                   src_rows: torch.Tensor | None = None) -> None:
+    """out.flat[rows] -= w (* src.flat[src_rows]) for out [N, E] or [N, E, m], in place."""
+    if src is None:
+        out.view(-1).index_add_(0, rows, -w)
+    else:
+        width = src.shape[-1]
+        out.view(-1, width).index_add_(0, rows, -w[:, None] * src.reshape(-1, width)[src_rows])
 
 
 def hd_mix(a: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, pairs: MaskedPairs | None = None
@@ -102,10 +106,10 @@ def hd_mix(a: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, pairs: MaskedPai
     slots = torch.bmm(g2.transpose(1, 2), z)          # [N, E, m]: sum_h g2[h, j] z_h
     bias = g2.sum(1)                                  # [N, E]
     if pairs is not None:
-        w = pairs.weight.to(a.dtype)
-        rows = torch.einsum("nhab,nham->nhbm", w, _gather_rows(a, pairs.idx1))
-        slots = _scatter_rows(slots, pairs.idx2, -rows)
-        bias = _scatter_rows(bias, pairs.idx2, -w.sum(2))
+        rows1, rows2, w = _hits(pairs, g1.shape[-1], g2.shape[-1])
+        w = w.to(a.dtype)
+        _subtract_rows(slots, rows2, w, a, rows1)
+        _subtract_rows(bias, rows2, w)
     return slots, bias
 
 
@@ -132,11 +136,10 @@ def vd_mix(a1: torch.Tensor, a2: torch.Tensor, g1: torch.Tensor, g2: torch.Tenso
     top_cross = torch.bmm(g1.transpose(1, 2), z2)     # slot i: sum_h g1[h,i] sum_j g2[h,j] a2_j
     bottom_cross = torch.bmm(g2.transpose(1, 2), z1)  # slot j: sum_h g2[h,j] sum_i g1[h,i] a1_i
     if pairs is not None:
-        w = pairs.weight.to(a1.dtype)
-        r1 = _scatter_rows(r1, pairs.idx1, -w.sum(3))
-        r2 = _scatter_rows(r2, pairs.idx2, -w.sum(2))
-        top_cross = _scatter_rows(
-            top_cross, pairs.idx1, -torch.einsum("nhab,nhbm->nham", w, _gather_rows(a2, pairs.idx2)))
-        bottom_cross = _scatter_rows(
-            bottom_cross, pairs.idx2, -torch.einsum("nhab,nham->nhbm", w, _gather_rows(a1, pairs.idx1)))
+        rows1, rows2, w = _hits(pairs, g1.shape[-1], g2.shape[-1])
+        w = w.to(a1.dtype)
+        _subtract_rows(r1, rows1, w)
+        _subtract_rows(r2, rows2, w)
+        _subtract_rows(top_cross, rows1, w, a2, rows2)
+        _subtract_rows(bottom_cross, rows2, w, a1, rows1)
     return VDMix(r1.unsqueeze(-1) * a1, top_cross, bottom_cross, r2.unsqueeze(-1) * a2, r1, r2)
