@@ -18,7 +18,8 @@ belong to `monet-edit train` and are not edit recipes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -87,6 +88,17 @@ def _strings(values: list, where: str, key: str) -> list[str]:
     return values
 
 
+@contextlib.contextmanager
+def _naming(where: str, section: str) -> Iterator[None]:
+    """Prefix a UsageError from shared validators with the recipe file and section."""
+    try:
+        yield
+    except UsageError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise UsageError(f"{where}: {section}: {exc}") from None
+
+
 def load(recipe: str | Path) -> Recipe:
     """Read and validate a recipe; nothing is computed."""
     from . import targets
@@ -107,7 +119,8 @@ def load(recipe: str | Path) -> Recipe:
         raise UsageError(f"{where}: target.kind must be one of {', '.join(kinds)}, got {t['kind']!r}")
     if t["kind"] == "toxicity" and t["name"] != "toxicity":
         raise UsageError(f"{where}: target.name must be \"toxicity\" for kind toxicity, got {t['name']!r}")
-    target = targets.resolve(**{t["kind"]: True if t["kind"] == "toxicity" else t["name"]})
+    with _naming(where, "target"):
+        target = targets.resolve(**{t["kind"]: True if t["kind"] == "toxicity" else t["name"]})
     sel = values["select"]
     if sel["rule"] not in RULE_PARAMS:
         raise UsageError(f"{where}: select.rule must be one of {', '.join(RULE_PARAMS)}, got {sel['rule']!r}")
@@ -120,14 +133,13 @@ def load(recipe: str | Path) -> Recipe:
         if values["profile"][name] < 1:
             raise UsageError(f"{where}: profile.{name} must be at least 1, got {values['profile'][name]}")
     ev = dict(values["eval"])
-    suites = parse_suites(",".join(_strings(ev.pop("suites"), where, "eval.suites")), target)
-    params = EvalParams(suites=suites, **ev)
-    try:
+    with _naming(where, "eval"):
+        suites = parse_suites(",".join(_strings(ev.pop("suites"), where, "eval.suites")), target)
+        params = EvalParams(suites=suites, **ev)
         check_params(params)
+    with _naming(where, "gate.conditions"):
         conditions = [c for expr in _strings(values["gate"]["conditions"], where, "gate.conditions")
                       for c in gates.parse(expr, suites)]
-    except UsageError as exc:
-        raise UsageError(f"{where}: {exc}") from None
     return Recipe(path, values, target, sel["rule"], rule_params, params, conditions)
 
 

@@ -29,7 +29,6 @@ class Plan:
     conditions: list[gates.Condition]
     out: Path
     force: bool = False
-    edited_mask: object = None  # mask file or {group: bool [E, E]} applied on top of `model`
     device: str | None = None
 
 
@@ -64,7 +63,7 @@ def prepare(model: str | None = None, base: str | None = None, target: str | Non
             raise UsageError(f"{model}: no edit record in config.json (not a resected checkpoint); "
                              f"give --base MODEL to compare against")
         base = record_base(record, model_dir)
-    checkpoint.resolve(base)
+    base_dir = checkpoint.resolve(base)
     if target is not None:
         tgt = target_from_name(target)
     elif record is not None:
@@ -76,15 +75,15 @@ def prepare(model: str | None = None, base: str | None = None, target: str | Non
 
     check_params(plan_params)
     conditions = gates.parse(gate, plan_params.suites) if gate is not None else []
+    if conditions and empty_selection(model_dir, base_dir):
+        raise GateFailed(f"{model}: empty selection, the edited model masks no experts and equals its base; "
+                         f"gates cannot pass (nothing evaluated or written)")
     out_path = atomic.check_new_dir(out if out is not None else default_out(model_dir, record), force)
     return Plan(str(model), str(base), tgt, plan_params, conditions, out_path, force, device=device)
 
 
-def empty_selection(plan: Plan) -> bool:
+def empty_selection(model_dir: Path, base_dir: Path) -> bool:
     """True when the edited model can only differ from its base by masks and masks nothing."""
-    if plan.edited_mask is not None:
-        return False
-    model_dir, base_dir = checkpoint.resolve(plan.model), checkpoint.resolve(plan.base)
     same = checkpoint.model_fingerprint(model_dir) == checkpoint.model_fingerprint(base_dir)
     return same and stored_masked(model_dir) == 0
 
@@ -95,11 +94,7 @@ def execute(plan: Plan, log: Callable[[str], None] = lambda _: None,
     from . import report
     from .compare import evaluate
 
-    if plan.conditions and empty_selection(plan):
-        raise GateFailed(f"{plan.model}: empty selection, the edited model masks no experts and equals its "
-                         f"base; gates cannot pass (nothing evaluated or written)")
-    results = evaluate(plan.base, plan.model, plan.target, plan.params, edited_mask=plan.edited_mask,
-                       device=plan.device, log=log)
+    results = evaluate(plan.base, plan.model, plan.target, plan.params, device=plan.device, log=log)
     if results["edited"]["experts_masked"] == 0:
         results["notes"].append("the edited model masks no experts")
     results["gates"] = gates.check(plan.conditions, results["summary"])
