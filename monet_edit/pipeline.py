@@ -29,6 +29,8 @@ from . import gates, tomlconfig
 from .errors import GateFailed, UsageError
 
 RULE_PARAMS = {"skew": "ratio", "corr": "threshold", "budget": "retain_budget"}
+RANGES = {"ratio": (lambda v: v >= 1, "a number >= 1"), "threshold": (lambda v: 0 < v <= 1, "in (0, 1]"),
+          "retain_budget": (lambda v: 0 <= v < 10, "a relative loss rise in [0, 10)")}  # as selection checks
 REQUIRED_SECTIONS = ("target", "profile", "select", "resect", "eval")
 SCHEMA: dict[str, Any] = {
     "target": {"kind": str, "name": str},
@@ -129,6 +131,9 @@ def load(recipe: str | Path) -> Recipe:
             raise UsageError(f"{where}: select.{key} applies to rule {rule}, not {sel['rule']}")
     key = RULE_PARAMS[sel["rule"]]
     rule_params = {key: SELECT_DEFAULTS[key] if sel[key] is None else sel[key]}
+    ok, expected = RANGES[key]
+    if not ok(rule_params[key]):
+        raise UsageError(f"{where}: select.{key} must be {expected}, got {rule_params[key]}")
     for name in ("tokens", "seq_len", "batch_size"):
         if values["profile"][name] < 1:
             raise UsageError(f"{where}: profile.{name} must be at least 1, got {values['profile'][name]}")

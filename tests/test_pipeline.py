@@ -77,6 +77,7 @@ BAD = [
     ("ratio = 1.0", 'ratio = "2"', "select.ratio must be a number"),
     ('rule = "skew"', 'rule = "magic"', "select.rule must be one of skew, corr, budget"),
     ("ratio = 1.0", "threshold = 0.1", "select.threshold applies to rule corr, not skew"),
+    ("ratio = 1.0", "ratio = 0.5", "select.ratio must be a number >= 1"),
     ('kind = "language"', 'kind = "planet"', "target.kind must be one of"),
     ('name = "python"', 'name = "pythn"', "unknown corpus 'pythn'"),
     ('kind = "language"', 'kind = "domain"', "'python' is not a domain"),
