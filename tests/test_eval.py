@@ -58,12 +58,11 @@ def copies(tiny_ckpt, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def python_results(tiny_ckpt, copies, shared_home) -> dict[str, dict]:
     """Loss suite on a language target: unmasked copy and masked copy against the base."""
-    import os
-
-    os.environ["MONET_EDIT_HOME"] = str(shared_home)
-    target = target_from_name("python")
-    params = EvalParams(suites=("loss",), **SMALL)
-    return {k: evaluate(str(tiny_ckpt), str(copies[k]), target, params) for k in ("same", "masked")}
+    with pytest.MonkeyPatch.context() as mp:  # session fixtures run before the per-test home is set
+        mp.setenv("MONET_EDIT_HOME", str(shared_home))
+        target = target_from_name("python")
+        params = EvalParams(suites=("loss",), **SMALL)
+        return {k: evaluate(str(tiny_ckpt), str(copies[k]), target, params) for k in ("same", "masked")}
 
 
 def test_unmasked_copy_changes_nothing(python_results):
