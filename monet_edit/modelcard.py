@@ -36,7 +36,9 @@ def eval_section(summary: dict[str, Any]) -> list[str]:
         lines += ["| metric | before | after | delta |", "|---|---:|---:|---:|"]
         for metric, before, after in rows:
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after))
-            lines.append(f"| {metric} | {_num(before)} | {_num(after)} | {_num(after - before) if numbers else ''} |")
+            lines.append(
+                f"| {metric} | {_num(before)} | {_num(after)} | {_num(after - before) if numbers else ''} |"
+            )
         lines.append("")
     for key, value in sorted(summary.items()):
         if key != "table" and key not in paired and not isinstance(value, (list, dict)):
@@ -80,7 +82,13 @@ def render(record: dict[str, Any], config, out_name: str) -> str:
         from .corpora.toxicity import WEAK_NOTE
 
         lines.append(f"- Note: {WEAK_NOTE}")
-    lines += ["", "## Masked experts", "", "| group | layers | masked | fraction of group |", "|---:|---|---:|---:|"]
+    lines += [
+        "",
+        "## Masked experts",
+        "",
+        "| group | layers | masked | fraction of group |",
+        "|---:|---|---:|---:|",
+    ]
     for g, count in enumerate(counts):
         layers = config.group_layers(g)
         lines.append(f"| {g} | {layers.start}-{layers.stop - 1} | {count:,} | {count / per_group:.2%} |")

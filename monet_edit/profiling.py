@@ -63,21 +63,25 @@ class Profile:
         """Pearson r between G_e(t) and y(t) per expert, [groups, E, E]; 0 where a variance is 0."""
         if not self.labelled:
             corpus = self.meta.get("corpus", "this corpus")
-            raise UsageError(f"profile of {corpus} has no token labels; a correlation needs a labelled "
-                             "corpus (--toxicity)")
+            raise UsageError(
+                f"profile of {corpus} has no token labels; a correlation needs a labelled corpus (--toxicity)"
+            )
         n = float(self.n)
         cov = n * self.SY - self.S * self.sum_y
         var_g = (n * self.S2 - self.S * self.S).clamp(min=0.0)
         var_y = max(n * self.sum_y2 - self.sum_y * self.sum_y, 0.0)
         den = torch.sqrt(var_g * var_y)
-        return torch.where(den > 0, cov / torch.where(den > 0, den, torch.ones_like(den)),
-                           torch.zeros_like(den))
+        return torch.where(
+            den > 0, cov / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den)
+        )
 
     def __add__(self, other: Profile) -> Profile:
         for key in ("model_fingerprint", "corpus_fingerprint"):
             if self.meta.get(key) != other.meta.get(key):
-                raise UsageError(f"cannot add profiles with different {key.replace('_', ' ')}s "
-                                 f"({str(self.meta.get(key))[:12]} vs {str(other.meta.get(key))[:12]})")
+                raise UsageError(
+                    f"cannot add profiles with different {key.replace('_', ' ')}s "
+                    f"({str(self.meta.get(key))[:12]} vs {str(other.meta.get(key))[:12]})"
+                )
         if self.S.shape != other.S.shape or self.labelled != other.labelled:
             raise UsageError("cannot add profiles of different shapes or with and without labels")
 
@@ -85,9 +89,15 @@ class Profile:
             return None if a is None else a + b
 
         n = self.n + other.n
-        return Profile(n, self.S + other.S, add(self.S2, other.S2), add(self.SY, other.SY),
-                       add(self.sum_y, other.sum_y), add(self.sum_y2, other.sum_y2),
-                       dict(self.meta, tokens=n))
+        return Profile(
+            n,
+            self.S + other.S,
+            add(self.S2, other.S2),
+            add(self.SY, other.SY),
+            add(self.sum_y, other.sum_y),
+            add(self.sum_y2, other.sum_y2),
+            dict(self.meta, tokens=n),
+        )
 
 
 # ---------------------------------------------------------------------------- accumulation
@@ -108,8 +118,15 @@ def _stats(g1: torch.Tensor, g2: torch.Tensor, y: torch.Tensor | None) -> list[t
 
 
 @torch.inference_mode()
-def profile_rows(model, batch_rows: torch.Tensor, labels: torch.Tensor | None = None, *,
-                 batch_size: int = 8, meta: dict | None = None, progress: str | None = None) -> Profile:
+def profile_rows(
+    model,
+    batch_rows: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    batch_size: int = 8,
+    meta: dict | None = None,
+    progress: str | None = None,
+) -> Profile:
     """Profile every token of `batch_rows` [N, T] (labels: per-token y [N, T] or None)."""
     cfg = model.config
     device = next(model.parameters()).device
@@ -120,12 +137,12 @@ def profile_rows(model, batch_rows: torch.Tensor, labels: torch.Tensor | None = 
     n = 0
     bar = _progress(progress, batch_rows.numel())
     for start in range(0, batch_rows.shape[0], batch_size):
-        ids = batch_rows[start:start + batch_size].to(device)
+        ids = batch_rows[start : start + batch_size].to(device)
         routing: list = []
         model.model(ids, routing=routing)
         y = None
         if labels is not None:
-            y64 = labels[start:start + batch_size].reshape(-1).to(device, torch.float64)
+            y64 = labels[start : start + batch_size].reshape(-1).to(device, torch.float64)
             sum_y += float(y64.sum())
             sum_y2 += float((y64 * y64).sum())
             y = y64.float()
@@ -157,8 +174,9 @@ def _progress(label: str | None, total: int):
     return bar, task
 
 
-def labelled_stream(tokenizer, docs: list[dict], max_tokens: int | None = None
-                    ) -> tuple[list[int], list[float]]:
+def labelled_stream(
+    tokenizer, docs: list[dict], max_tokens: int | None = None
+) -> tuple[list[int], list[float]]:
     """The tokens of scoring.token_stream with each token's weak toxicity label (EOS gets 0)."""
     from .corpora.toxicity import token_labels
 
@@ -176,8 +194,17 @@ def labelled_stream(tokenizer, docs: list[dict], max_tokens: int | None = None
     return ids, ys
 
 
-def profile_corpus(model, tokenizer, docs: list[dict], *, tokens: int, seq_len: int = 256,
-                   batch_size: int = 8, labels: bool = False, meta: dict) -> Profile:
+def profile_corpus(
+    model,
+    tokenizer,
+    docs: list[dict],
+    *,
+    tokens: int,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    labels: bool = False,
+    meta: dict,
+) -> Profile:
     """Profile up to `tokens` tokens of `docs` in rows of `seq_len` (a tail shorter than a row is
     dropped). With `labels`, each token's y is the weak toxicity score of its word."""
     name = meta.get("corpus", "corpus")
@@ -188,11 +215,17 @@ def profile_corpus(model, tokenizer, docs: list[dict], *, tokens: int, seq_len: 
     else:
         ids, ys = scoring.token_stream(tokenizer, docs, tokens), None
     batch_rows = scoring.rows(ids, seq_len - 1, name)
-    y = None if ys is None else torch.tensor(ys[: batch_rows.numel()], dtype=torch.float64).view_as(batch_rows)
-    record = dict(meta, tokens_requested=tokens, seq_len=seq_len, labelled=labels,
-                  provenance=provenance.record())
-    return profile_rows(model, batch_rows, y, batch_size=batch_size, meta=record,
-                        progress=f"profiling {name}")
+    y = (
+        None
+        if ys is None
+        else torch.tensor(ys[: batch_rows.numel()], dtype=torch.float64).view_as(batch_rows)
+    )
+    record = dict(
+        meta, tokens_requested=tokens, seq_len=seq_len, labelled=labels, provenance=provenance.record()
+    )
+    return profile_rows(
+        model, batch_rows, y, batch_size=batch_size, meta=record, progress=f"profiling {name}"
+    )
 
 
 # ---------------------------------------------------------------------------- files
@@ -206,8 +239,13 @@ def save(profile: Profile, path: str | Path) -> Path:
     if profile.labelled:
         tensors.update(S2=profile.S2, SY=profile.SY)
     tensors = {k: v.to(torch.float64).contiguous() for k, v in tensors.items()}
-    head = {"format": FORMAT, "n": profile.n, "sum_y": profile.sum_y, "sum_y2": profile.sum_y2,
-            "meta": profile.meta}
+    head = {
+        "format": FORMAT,
+        "n": profile.n,
+        "sum_y": profile.sum_y,
+        "sum_y2": profile.sum_y2,
+        "meta": profile.meta,
+    }
     data = st_save(tensors, metadata={META_KEY: json.dumps(head, sort_keys=True)})
     return atomic.write_bytes(path, data)
 
@@ -226,7 +264,7 @@ def load(path: str | Path, *, model_fingerprint: str | None = None, config=None)
     try:
         tensors = st_load(raw)
         n_head = int.from_bytes(raw[:8], "little")
-        head = json.loads(json.loads(raw[8:8 + n_head])["__metadata__"][META_KEY])
+        head = json.loads(json.loads(raw[8 : 8 + n_head])["__metadata__"][META_KEY])
         if not isinstance(head, dict) or not isinstance(head.get("meta"), dict):
             raise ValueError
     except (KeyboardInterrupt, SystemExit):
@@ -234,7 +272,9 @@ def load(path: str | Path, *, model_fingerprint: str | None = None, config=None)
     except BaseException:  # safetensors raises SafetensorError or a Rust panic on bad bytes
         raise UsageError(f"{path}: not a monet-edit profile (unreadable safetensors or metadata)") from None
     if head.get("format") != FORMAT:
-        raise UsageError(f"{path}: profile format {head.get('format')!r} is not supported (expected {FORMAT})")
+        raise UsageError(
+            f"{path}: profile format {head.get('format')!r} is not supported (expected {FORMAT})"
+        )
     S = tensors.get("S")
     labelled = "SY" in tensors
     if S is None or S.dim() != 3 or S.shape[1] != S.shape[2] or set(tensors) - {"S", "S2", "SY"}:
@@ -251,11 +291,15 @@ def load(path: str | Path, *, model_fingerprint: str | None = None, config=None)
         raise UsageError(f"{path}: profile holds NaN or infinite values")
     meta = head["meta"]
     if model_fingerprint is not None and meta.get("model_fingerprint") != model_fingerprint:
-        raise UsageError(f"{path}: profile was made for another model (fingerprint "
-                         f"{str(meta.get('model_fingerprint'))[:12]}, this model is {model_fingerprint[:12]})")
+        raise UsageError(
+            f"{path}: profile was made for another model (fingerprint "
+            f"{str(meta.get('model_fingerprint'))[:12]}, this model is {model_fingerprint[:12]})"
+        )
     if config is not None and tuple(S.shape) != (config.num_groups, config.moe_experts, config.moe_experts):
-        raise UsageError(f"{path}: profile has shape {list(S.shape)}, the model needs "
-                         f"[{config.num_groups}, {config.moe_experts}, {config.moe_experts}]")
+        raise UsageError(
+            f"{path}: profile has shape {list(S.shape)}, the model needs "
+            f"[{config.num_groups}, {config.moe_experts}, {config.moe_experts}]"
+        )
     if labelled:
         return Profile(n, S, tensors["S2"], tensors["SY"], float(sums[0]), float(sums[1]), meta)
     return Profile(n, S, meta=meta)
@@ -291,14 +335,26 @@ def default_dir() -> Path:
     return corpora.cache_dir().parent / "profiles"
 
 
-def profile_path(out_dir: Path, corpus: corpora.BuiltCorpus, model_fp: str, tokens: int, seq_len: int) -> Path:
-    return out_dir / (f"{corpus.spec.name}-m{model_fp[:10]}-c{corpus.fingerprint[:10]}"
-                      f"-t{tokens}-s{seq_len}.profile.safetensors")
+def profile_path(
+    out_dir: Path, corpus: corpora.BuiltCorpus, model_fp: str, tokens: int, seq_len: int
+) -> Path:
+    return out_dir / (
+        f"{corpus.spec.name}-m{model_fp[:10]}-c{corpus.fingerprint[:10]}"
+        f"-t{tokens}-s{seq_len}.profile.safetensors"
+    )
 
 
-def ensure_profiles(model_source, corpus_names: list[str], *, tokens: int, seq_len: int = 256,
-                    batch_size: int = 8, out_dir: str | Path | None = None, device: Any = None,
-                    quiet: bool = False) -> dict[str, Path]:
+def ensure_profiles(
+    model_source,
+    corpus_names: list[str],
+    *,
+    tokens: int,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    out_dir: str | Path | None = None,
+    device: Any = None,
+    quiet: bool = False,
+) -> dict[str, Path]:
     """Profile each corpus's profile split (fit part) unless a profile for the same model
     fingerprint, corpus fingerprint, tokens and seq_len already exists; {name as given: path}."""
     from .loading import load_model, load_tokenizer
@@ -322,18 +378,35 @@ def ensure_profiles(model_source, corpus_names: list[str], *, tokens: int, seq_l
         fit, _ = split_profile_docs(corpus.load("profile"))
         resolved = str(Path(key).expanduser().resolve())
         ref = resolved if corpus.spec.source == resolved else corpus.spec.name  # user corpora: their path
-        meta = {"model_fingerprint": model_fp, "model": str(model_source), "corpus": corpus.spec.name,
-                "corpus_ref": ref,
-                "corpus_kind": corpus.spec.kind, "corpus_fingerprint": corpus.fingerprint,
-                "split": "profile", "docs": f"fit ({HOLDOUT_EVERY - 1} in {HOLDOUT_EVERY} documents)"}
+        meta = {
+            "model_fingerprint": model_fp,
+            "model": str(model_source),
+            "corpus": corpus.spec.name,
+            "corpus_ref": ref,
+            "corpus_kind": corpus.spec.kind,
+            "corpus_fingerprint": corpus.fingerprint,
+            "split": "profile",
+            "docs": f"fit ({HOLDOUT_EVERY - 1} in {HOLDOUT_EVERY} documents)",
+        }
         started = time.perf_counter()
-        prof = profile_corpus(model, tokenizer, fit, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
-                              labels=corpus.spec.kind == "toxicity", meta=meta)
+        prof = profile_corpus(
+            model,
+            tokenizer,
+            fit,
+            tokens=tokens,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            labels=corpus.spec.kind == "toxicity",
+            meta=meta,
+        )
         seconds = time.perf_counter() - started
         save(prof, path)
         if not quiet:
-            err.print(f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s "
-                      f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}", soft_wrap=True)
+            err.print(
+                f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s "
+                f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}",
+                soft_wrap=True,
+            )
         paths[key] = path
     if reused and not quiet:
         err.print(f"reused {len(reused)} profile(s) from {out}: {', '.join(reused)}", soft_wrap=True)
@@ -347,7 +420,13 @@ def summary(profile: Profile, top: int = 5) -> list[dict]:
     for g in range(profile.groups):
         flat = mean[g].reshape(-1)
         values, ids = flat.topk(min(top, flat.numel()))
-        out.append({"group": g, "active": int((flat > 0).sum()),
-                    "top": [{"expert": int(i), "mean": round(float(v), 6)} for v, i in zip(values, ids, strict=True)]})
+        out.append(
+            {
+                "group": g,
+                "active": int((flat > 0).sum()),
+                "top": [
+                    {"expert": int(i), "mean": round(float(v), 6)} for v, i in zip(values, ids, strict=True)
+                ],
+            }
+        )
     return out
-

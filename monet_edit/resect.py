@@ -26,10 +26,30 @@ from .errors import UsageError
 
 MASK_FILE = "edit-mask.safetensors"
 MANIFEST = "manifest.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
-ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
-            "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+ITEMSIZE = {
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "F32": 4,
+    "I32": 4,
+    "U32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def check_output(out: Path, base: Path, force: bool) -> None:
@@ -46,12 +66,15 @@ def _existing_masks(config, infos: dict) -> dict:
 
     found = {n: i for n, i in infos.items() if checkpoint.MASK_KEY.match(n)}
     tensors = checkpoint.read_tensors(found) if found else {}
-    return {int(checkpoint.MASK_KEY.match(n).group(1)) // config.moe_groups: t.to(torch.bool)
-            for n, t in tensors.items()}
+    return {
+        int(checkpoint.MASK_KEY.match(n).group(1)) // config.moe_groups: t.to(torch.bool)
+        for n, t in tensors.items()
+    }
 
 
-def write_weights(path: Path, infos: dict, extra: dict[str, tuple[str, list[int], bytes]],
-                  metadata: dict[str, str]) -> str:
+def write_weights(
+    path: Path, infos: dict, extra: dict[str, tuple[str, list[int], bytes]], metadata: dict[str, str]
+) -> str:
     """Stream a safetensors file: `infos` tensors copied as raw bytes from their files, then `extra`
     (name -> (dtype, shape, data)). Returns the file's sha256."""
     entries = [(n, i.dtype, list(i.shape), i.end - i.start) for n, i in infos.items()]
@@ -94,8 +117,16 @@ def write_weights(path: Path, infos: dict, extra: dict[str, tuple[str, list[int]
     return digest.hexdigest()
 
 
-def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False, command: str,
-           mask_meta: dict, eval_summary: dict | None = None) -> Path:
+def resect(
+    base_source,
+    masks: dict,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    command: str,
+    mask_meta: dict,
+    eval_summary: dict | None = None,
+) -> Path:
     """Write the base checkpoint with `masks` ({group: bool [E, E]}) applied as a new directory."""
     import torch
 
@@ -109,21 +140,30 @@ def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False
     fingerprint = checkpoint.model_fingerprint(base)
     made_for = mask_meta.get("model_fingerprint")
     if made_for and made_for != fingerprint:
-        raise UsageError(f"mask was made for another model (fingerprint {str(made_for)[:12]}, "
-                         f"{base} is {fingerprint[:12]})")
+        raise UsageError(
+            f"mask was made for another model (fingerprint {str(made_for)[:12]}, "
+            f"{base} is {fingerprint[:12]})"
+        )
     previous = _existing_masks(config, infos)
     combined = {g: masks.get(g, torch.zeros_like(m)) | m for g, m in previous.items()}
     combined.update({g: m for g, m in masks.items() if g not in combined})
     weight_infos = {n: i for n, i in infos.items() if not checkpoint.MASK_KEY.match(n)}
     E = config.moe_experts
-    extra = {checkpoint.mask_key(config, g): ("BOOL", [E, E], m.to(torch.uint8).numpy().tobytes())
-             for g, m in sorted(combined.items()) if bool(m.any())}
+    extra = {
+        checkpoint.mask_key(config, g): ("BOOL", [E, E], m.to(torch.uint8).numpy().tobytes())
+        for g, m in sorted(combined.items())
+        if bool(m.any())
+    }
     raw_config = json.loads((base / "config.json").read_text(encoding="utf-8"))
     counts = masks_mod.counts(combined, config)
     total = config.num_experts * config.num_groups
     record = {
-        "base": {"source": str(base_source), "path": str(base.resolve()), "fingerprint": fingerprint,
-                 "weights_sha256": {f.name: provenance.sha256_file(f) for f in checkpoint.weight_files(base)}},
+        "base": {
+            "source": str(base_source),
+            "path": str(base.resolve()),
+            "fingerprint": fingerprint,
+            "weights_sha256": {f.name: provenance.sha256_file(f) for f in checkpoint.weight_files(base)},
+        },
         "target": mask_meta.get("target"),
         "rule": mask_meta.get("rule", "given mask"),
         "params": mask_meta.get("params", {}),
@@ -134,7 +174,7 @@ def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False
         "fraction": sum(counts) / total,
         "mask_file": MASK_FILE,
         "mask_storage": "bool [E, E] per routing group with at least one masked expert, under "
-                        "model.layers.{group*moe_groups}.router.expert_mask",
+        "model.layers.{group*moe_groups}.router.expert_mask",
         "command": command,
         "eval": eval_summary,
         "provenance": provenance.record(),
@@ -145,10 +185,15 @@ def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False
     base_meta = checkpoint.file_metadata(checkpoint.weight_files(base)[0])
     base_meta.pop("monet_edit", None)
     with atomic.output_dir(out, force) as tmp:
-        hashes = {checkpoint.WEIGHTS: write_weights(tmp / checkpoint.WEIGHTS, weight_infos, extra,
-                                                    base_meta or {"format": "pt"})}
+        hashes = {
+            checkpoint.WEIGHTS: write_weights(
+                tmp / checkpoint.WEIGHTS, weight_infos, extra, base_meta or {"format": "pt"}
+            )
+        }
         masks_mod.save(tmp / MASK_FILE, combined, config, dict(mask_meta, model_fingerprint=fingerprint))
-        (tmp / "config.json").write_text(json.dumps(raw_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / "config.json").write_text(
+            json.dumps(raw_config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         for name in TOKENIZER_FILES:
             if (base / name).is_file():
                 shutil.copyfile(base / name, tmp / name)
@@ -156,10 +201,15 @@ def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False
         for f in sorted(tmp.iterdir()):
             if f.name not in hashes:
                 hashes[f.name] = provenance.sha256_file(f)
-        manifest = {"base": {"path": str(base.resolve()), "fingerprint": fingerprint,
-                             "weights_sha256": record["base"]["weights_sha256"]},
-                    "mask": {"file": MASK_FILE, "sha256": hashes[MASK_FILE]},
-                    "files": dict(sorted(hashes.items()))}
+        manifest = {
+            "base": {
+                "path": str(base.resolve()),
+                "fingerprint": fingerprint,
+                "weights_sha256": record["base"]["weights_sha256"],
+            },
+            "mask": {"file": MASK_FILE, "sha256": hashes[MASK_FILE]},
+            "files": dict(sorted(hashes.items())),
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
@@ -172,6 +222,8 @@ def verify(directory: str | Path) -> list[str]:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{directory}: no valid {MANIFEST} (not a resected checkpoint?)") from None
-    return [name for name, sha in sorted(files.items())
-            if not (directory / name).is_file() or provenance.sha256_file(directory / name) != sha]
-
+    return [
+        name
+        for name, sha in sorted(files.items())
+        if not (directory / name).is_file() or provenance.sha256_file(directory / name) != sha
+    ]

@@ -84,10 +84,21 @@ def _grid(n_max: int) -> list[int]:
     return out + [n_max] if n_max > 0 else []
 
 
-def budget(model_source, target_docs: list[dict], retain_docs: list[dict], target: Profile,
-           others: list[Profile], *, retain_budget: float = 0.02, seq_len: int = 256, batch_size: int = 8,
-           max_tokens: int = 20_000, max_fraction: float = MAX_FRACTION, eps: float | None = None,
-           trace: list | None = None) -> dict[int, torch.Tensor]:
+def budget(
+    model_source,
+    target_docs: list[dict],
+    retain_docs: list[dict],
+    target: Profile,
+    others: list[Profile],
+    *,
+    retain_budget: float = 0.02,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    max_tokens: int = 20_000,
+    max_fraction: float = MAX_FRACTION,
+    eps: float | None = None,
+    trace: list | None = None,
+) -> dict[int, torch.Tensor]:
     """The largest target damage within a relative retain-loss budget (module docstring).
 
     model_source: a loaded model (kept unchanged) or anything load_model accepts. `trace`, when
@@ -105,8 +116,12 @@ def budget(model_source, target_docs: list[dict], retain_docs: list[dict], targe
     order = flat.argsort(descending=True, stable=True)
     positive = int((flat > 0).sum())
     n_max = min(positive, int(max_fraction * flat.numel()))
-    t_rows = scoring.rows(scoring.token_stream(tokenizer, target_docs, max_tokens), seq_len, "target held-out")
-    r_rows = scoring.rows(scoring.token_stream(tokenizer, retain_docs, max_tokens), seq_len, "retain held-out")
+    t_rows = scoring.rows(
+        scoring.token_stream(tokenizer, target_docs, max_tokens), seq_len, "target held-out"
+    )
+    r_rows = scoring.rows(
+        scoring.token_stream(tokenizer, retain_docs, max_tokens), seq_len, "retain held-out"
+    )
     existing = model.masks()
     base_t = scoring.loss_sums(model, t_rows, batch_size).loss
     base_r = scoring.loss_sums(model, r_rows, batch_size).loss
@@ -121,8 +136,15 @@ def budget(model_source, target_docs: list[dict], retain_docs: list[dict], targe
             loss_r = scoring.loss_sums(model, r_rows, batch_size).loss
             rise_t, rise_r = loss_t / base_t - 1.0, loss_r / base_r - 1.0
             if trace is not None:
-                trace.append({"experts": count, "target_loss": loss_t, "retain_loss": loss_r,
-                              "target_rise": rise_t, "retain_rise": rise_r})
+                trace.append(
+                    {
+                        "experts": count,
+                        "target_loss": loss_t,
+                        "retain_loss": loss_r,
+                        "target_rise": rise_t,
+                        "retain_rise": rise_r,
+                    }
+                )
             if rise_r > retain_budget:
                 break
             if rise_t > best[0]:
@@ -130,10 +152,18 @@ def budget(model_source, target_docs: list[dict], retain_docs: list[dict], targe
     finally:
         model.set_masks(existing)
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[order[:best[1]]] = True
+    chosen[order[: best[1]]] = True
     if trace is not None:
-        trace.insert(0, {"experts": 0, "target_loss": base_t, "retain_loss": base_r, "target_rise": 0.0,
-                         "retain_rise": 0.0})
+        trace.insert(
+            0,
+            {
+                "experts": 0,
+                "target_loss": base_t,
+                "retain_loss": base_r,
+                "target_rise": 0.0,
+                "retain_rise": 0.0,
+            },
+        )
     return _as_masks(chosen.view(G, E, E))
 
 
@@ -144,14 +174,30 @@ def fraction(masks: dict, config) -> float:
     return sum(masks_mod.counts(masks, config)) / (config.num_experts * config.num_groups)
 
 
-def write_mask(path: str | Path, masks: dict, config, *, rule: str, params: dict, model_fingerprint: str,
-               sources: dict, target: str | None = None) -> Path:
+def write_mask(
+    path: str | Path,
+    masks: dict,
+    config,
+    *,
+    rule: str,
+    params: dict,
+    model_fingerprint: str,
+    sources: dict,
+    target: str | None = None,
+) -> Path:
     """Write a mask file whose metadata records the rule, parameters, sources and provenance
     (masks.save adds per-group counts)."""
-    meta = {"rule": rule, "target": target, "params": params, "model_fingerprint": model_fingerprint, "sources": sources,
-            "masked": sum(masks_mod.counts(masks, config)), "fraction": fraction(masks, config),
-            "total_experts": config.num_experts * config.num_groups,
-            "provenance": provenance.record()}
+    meta = {
+        "rule": rule,
+        "target": target,
+        "params": params,
+        "model_fingerprint": model_fingerprint,
+        "sources": sources,
+        "masked": sum(masks_mod.counts(masks, config)),
+        "fraction": fraction(masks, config),
+        "total_experts": config.num_experts * config.num_groups,
+        "provenance": provenance.record(),
+    }
     return masks_mod.save(path, masks, config, meta)
 
 
@@ -160,8 +206,10 @@ def load_mask(path: str | Path, config, model_fingerprint: str | None = None) ->
     loaded, meta = masks_mod.load(path, config)
     made_for = meta.get("model_fingerprint")
     if model_fingerprint is not None and made_for is not None and made_for != model_fingerprint:
-        raise UsageError(f"{path}: mask was made for another model (fingerprint {str(made_for)[:12]}, "
-                         f"this model is {model_fingerprint[:12]})")
+        raise UsageError(
+            f"{path}: mask was made for another model (fingerprint {str(made_for)[:12]}, "
+            f"this model is {model_fingerprint[:12]})"
+        )
     return loaded, meta
 
 
@@ -184,15 +232,31 @@ class Selection:
         return masks_mod.counts(self.masks, config)
 
     def write(self, path: str | Path, config) -> Path:
-        return write_mask(path, self.masks, config, rule=self.rule, params=self.params,
-                          model_fingerprint=self.model_fingerprint, sources=self.sources, target=self.target)
+        return write_mask(
+            path,
+            self.masks,
+            config,
+            rule=self.rule,
+            params=self.params,
+            model_fingerprint=self.model_fingerprint,
+            sources=self.sources,
+            target=self.target,
+        )
 
     def meta(self, config) -> dict:
         """The metadata the mask file of this selection holds (for resect without a file)."""
-        return {"rule": self.rule, "target": self.target, "params": self.params, "model_fingerprint": self.model_fingerprint,
-                "sources": self.sources, "masked": sum(self.counts(config)),
-                "fraction": fraction(self.masks, config), "counts": self.counts(config),
-                "total_experts": config.num_experts * config.num_groups, "provenance": provenance.record()}
+        return {
+            "rule": self.rule,
+            "target": self.target,
+            "params": self.params,
+            "model_fingerprint": self.model_fingerprint,
+            "sources": self.sources,
+            "masked": sum(self.counts(config)),
+            "fraction": fraction(self.masks, config),
+            "counts": self.counts(config),
+            "total_experts": config.num_experts * config.num_groups,
+            "provenance": provenance.record(),
+        }
 
 
 @dataclass
@@ -205,18 +269,41 @@ class Inputs:
 
 
 def _sources(paths: dict[str, Path], profiles: list[Profile]) -> dict[str, Any]:
-    return {p.meta.get("corpus", str(path)): {"profile": str(path), "sha256": provenance.sha256_file(path),
-                                              "corpus_fingerprint": p.meta.get("corpus_fingerprint"),
-                                              "tokens": p.n}
-            for path, p in zip(paths.values(), profiles, strict=True)}
+    return {
+        p.meta.get("corpus", str(path)): {
+            "profile": str(path),
+            "sha256": provenance.sha256_file(path),
+            "corpus_fingerprint": p.meta.get("corpus_fingerprint"),
+            "tokens": p.n,
+        }
+        for path, p in zip(paths.values(), profiles, strict=True)
+    }
 
 
-def target_inputs(model_source, target: Target, rule: str, *, tokens: int, seq_len: int, batch_size: int,
-                  profiles_dir: str | Path | None = None, device: Any = None, quiet: bool = False) -> Inputs:
+def target_inputs(
+    model_source,
+    target: Target,
+    rule: str,
+    *,
+    tokens: int,
+    seq_len: int,
+    batch_size: int,
+    profiles_dir: str | Path | None = None,
+    device: Any = None,
+    quiet: bool = False,
+) -> Inputs:
     """Profiles for a target (computed or reused): the target's and, unless corr, its references'."""
     names = [target.name] if rule == "corr" else target.corpora
-    paths = profiling.ensure_profiles(model_source, names, tokens=tokens, seq_len=seq_len,
-                                      batch_size=batch_size, out_dir=profiles_dir, device=device, quiet=quiet)
+    paths = profiling.ensure_profiles(
+        model_source,
+        names,
+        tokens=tokens,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        out_dir=profiles_dir,
+        device=device,
+        quiet=quiet,
+    )
     return files_inputs(model_source, list(paths.values()))
 
 
@@ -235,8 +322,10 @@ def files_inputs(model_source, files: list[str | Path]) -> Inputs:
 def _holdout(name: str, fingerprint: str | None, *, toxic_only: bool = False) -> list[dict]:
     corpus = profiling.open_corpus(name)
     if fingerprint is not None and corpus.fingerprint != fingerprint:
-        raise UsageError(f"corpus {name} changed since it was profiled (fingerprint {corpus.fingerprint[:12]}, "
-                         f"profile has {fingerprint[:12]}); profile it again")
+        raise UsageError(
+            f"corpus {name} changed since it was profiled (fingerprint {corpus.fingerprint[:12]}, "
+            f"profile has {fingerprint[:12]}); profile it again"
+        )
     _, held = profiling.split_profile_docs(corpus.load("profile"))
     return [d for d in held if d.get("label", 0.0) >= 0.5] if toxic_only else held
 
@@ -251,9 +340,19 @@ def _interleave(doc_lists: list[list[dict]]) -> list[dict]:
     return [d for d in chain.from_iterable(zip_longest(*doc_lists)) if d is not None]
 
 
-def apply_rule(model_source, inputs: Inputs, rule: str, *, ratio: float = 2.0, threshold: float = 0.1,
-               retain_budget: float = 0.02, seq_len: int = 256, batch_size: int = 8,
-               budget_tokens: int = 20_000, model=None) -> Selection:
+def apply_rule(
+    model_source,
+    inputs: Inputs,
+    rule: str,
+    *,
+    ratio: float = 2.0,
+    threshold: float = 0.1,
+    retain_budget: float = 0.02,
+    seq_len: int = 256,
+    batch_size: int = 8,
+    budget_tokens: int = 20_000,
+    model=None,
+) -> Selection:
     """Run one rule on profiles; `model` (already loaded) saves a reload for the budget rule."""
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -267,14 +366,30 @@ def apply_rule(model_source, inputs: Inputs, rule: str, *, ratio: float = 2.0, t
     else:
         toxic = inputs.target.meta.get("corpus_kind") == "toxicity"
         target_docs = _holdout(name, inputs.target.meta.get("corpus_fingerprint"), toxic_only=toxic)
-        retain_docs = _interleave([_holdout(_ref(p.meta), p.meta.get("corpus_fingerprint"))
-                                   for p in inputs.others])
-        masks = budget(model if model is not None else model_source, target_docs, retain_docs, inputs.target,
-                       inputs.others, retain_budget=retain_budget, seq_len=seq_len, batch_size=batch_size,
-                       max_tokens=budget_tokens, trace=trace)
-        params = {"retain_budget": retain_budget, "held_out_tokens": budget_tokens, "seq_len": seq_len,
-                  "max_fraction": MAX_FRACTION, "held_out": "profile split, held-out documents (never eval)",
-                  "target_docs": "toxic (label >= 0.5)" if toxic else "all", "trials": trace}
+        retain_docs = _interleave(
+            [_holdout(_ref(p.meta), p.meta.get("corpus_fingerprint")) for p in inputs.others]
+        )
+        masks = budget(
+            model if model is not None else model_source,
+            target_docs,
+            retain_docs,
+            inputs.target,
+            inputs.others,
+            retain_budget=retain_budget,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            max_tokens=budget_tokens,
+            trace=trace,
+        )
+        params = {
+            "retain_budget": retain_budget,
+            "held_out_tokens": budget_tokens,
+            "seq_len": seq_len,
+            "max_fraction": MAX_FRACTION,
+            "held_out": "profile split, held-out documents (never eval)",
+            "target_docs": "toxic (label >= 0.5)" if toxic else "all",
+            "trials": trace,
+        }
     return Selection(masks, rule, params, inputs.sources, fp, name, trace)
 
 
@@ -286,8 +401,16 @@ def dry_run(model_source, inputs: Inputs, rule: str, **kwargs: Any) -> list[dict
 
     def add(name: str, param: str | None, value: Any, masks: dict) -> None:
         counts = masks_mod.counts(masks, config)
-        rows.append({"rule": name, "param": param, "value": value, "masked": sum(counts), "counts": counts,
-                     "fraction": fraction(masks, config)})
+        rows.append(
+            {
+                "rule": name,
+                "param": param,
+                "value": value,
+                "masked": sum(counts),
+                "counts": counts,
+                "fraction": fraction(masks, config),
+            }
+        )
 
     if inputs.others:
         for value in DRY_RUN_GRID["skew"][1]:

@@ -19,8 +19,8 @@ DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "corr", "corpu
 
 @dataclass(frozen=True)
 class Target:
-    kind: str              # domain | language | toxicity | corpus
-    name: str              # canonical corpus name, or the user corpus path
+    kind: str  # domain | language | toxicity | corpus
+    name: str  # canonical corpus name, or the user corpus path
     references: tuple[str, ...]
 
     @property
@@ -37,16 +37,27 @@ class Target:
         return Path(self.name).stem if self.kind == "corpus" else self.name
 
 
-def resolve(domain: str | None = None, language: str | None = None, toxicity: bool = False,
-            corpus: str | None = None) -> Target:
+def resolve(
+    domain: str | None = None, language: str | None = None, toxicity: bool = False, corpus: str | None = None
+) -> Target:
     """Exactly one of the four target options; unknown names fail with the known ones listed."""
     from . import corpora
 
-    given = [flag for flag, value in (("--domain", domain), ("--language", language),
-                                      ("--toxicity", toxicity), ("--corpus", corpus)) if value]
+    given = [
+        flag
+        for flag, value in (
+            ("--domain", domain),
+            ("--language", language),
+            ("--toxicity", toxicity),
+            ("--corpus", corpus),
+        )
+        if value
+    ]
     if len(given) != 1:
-        raise UsageError("give exactly one target: --domain NAME, --language NAME, --toxicity or "
-                         f"--corpus PATH (got {', '.join(given) if given else 'none'})")
+        raise UsageError(
+            "give exactly one target: --domain NAME, --language NAME, --toxicity or "
+            f"--corpus PATH (got {', '.join(given) if given else 'none'})"
+        )
     if toxicity:
         return Target("toxicity", "toxicity", ("general",))
     if corpus:
@@ -71,6 +82,8 @@ def check_rule(target: Target, rule: str | None) -> str:
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
     if rule == "corr" and target.kind != "toxicity":
-        raise UsageError(f"rule corr needs token labels and {target.name} has none; use it with --toxicity "
-                         "(or choose --rule skew or budget)")
+        raise UsageError(
+            f"rule corr needs token labels and {target.name} has none; use it with --toxicity "
+            "(or choose --rule skew or budget)"
+        )
     return rule

@@ -32,16 +32,24 @@ def brute_force(model, rows: torch.Tensor, y: torch.Tensor) -> dict:
     S, S2, SY = torch.stack(S), torch.stack(S2), torch.stack(SY)
     yy = y.double().reshape(-1)
     n = yy.numel()
-    Gflat = torch.stack([torch.einsum("bthi,bthj->btij", a.double(), b.double()).reshape(n, -1)
-                         for a, b in out.routing])  # [groups, n, E*E]
+    Gflat = torch.stack(
+        [torch.einsum("bthi,bthj->btij", a.double(), b.double()).reshape(n, -1) for a, b in out.routing]
+    )  # [groups, n, E*E]
     r = torch.zeros(S.shape[0], Gflat.shape[-1], dtype=torch.float64)
     for g in range(S.shape[0]):
         for e in range(Gflat.shape[-1]):
             x = Gflat[g, :, e]
             if x.std() > 0:
                 r[g, e] = torch.corrcoef(torch.stack([x, yy]))[0, 1]
-    return {"S": S, "S2": S2, "SY": SY, "n": n, "sum_y": float(yy.sum()), "sum_y2": float((yy * yy).sum()),
-            "r": r.view_as(S)}
+    return {
+        "S": S,
+        "S2": S2,
+        "SY": SY,
+        "n": n,
+        "sum_y": float(yy.sum()),
+        "sum_y2": float((yy * yy).sum()),
+        "r": r.view_as(S),
+    }
 
 
 def test_gemm_statistics_match_brute_force(model):
@@ -74,7 +82,9 @@ def test_profiles_add_to_the_profile_of_the_union(model):
         torch.testing.assert_close(getattr(total, key), getattr(whole, key), rtol=1e-6, atol=1e-9)
     assert total.sum_y == pytest.approx(whole.sum_y)
     torch.testing.assert_close(total.pearson(), whole.pearson(), rtol=1e-5, atol=1e-7)
-    other = profiling.profile_rows(model, rows[:2], meta={"model_fingerprint": "x", "corpus_fingerprint": "c"})
+    other = profiling.profile_rows(
+        model, rows[:2], meta={"model_fingerprint": "x", "corpus_fingerprint": "c"}
+    )
     with pytest.raises(UsageError, match="model fingerprint"):
         profiling.profile_rows(model, rows[:2], meta=meta) + other
     with pytest.raises(UsageError, match="labels"):
@@ -149,25 +159,42 @@ def test_ensure_profiles_computes_once_then_reuses(tiny_ckpt, tmp_path):
     from monet_edit import corpora
 
     fit, _ = profiling.split_profile_docs(corpora.load_split("law", "profile"))
-    direct = profiling.profile_corpus(load_model(tiny_ckpt), load_tokenizer(tiny_ckpt), fit, tokens=600,
-                                      seq_len=32, meta={})
+    direct = profiling.profile_corpus(
+        load_model(tiny_ckpt), load_tokenizer(tiny_ckpt), fit, tokens=600, seq_len=32, meta={}
+    )
     torch.testing.assert_close(direct.S, law.S)
 
 
 def test_profile_command_end_to_end(tiny_ckpt, tmp_path):
     out = tmp_path / "p"
-    res = cli("profile", "--toxicity", "--model", tiny_ckpt, "--tokens", "1000", "--seq-len", "50",
-              "--out", out, "--json")
+    res = cli(
+        "profile",
+        "--toxicity",
+        "--model",
+        tiny_ckpt,
+        "--tokens",
+        "1000",
+        "--seq-len",
+        "50",
+        "--out",
+        out,
+        "--json",
+    )
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
-    prof = profiling.load(data["profiles"]["toxicity"]["path"],
-                          model_fingerprint=checkpoint.model_fingerprint(tiny_ckpt))
+    prof = profiling.load(
+        data["profiles"]["toxicity"]["path"], model_fingerprint=checkpoint.model_fingerprint(tiny_ckpt)
+    )
     assert prof.labelled and prof.n == 1000 and data["target"] == "toxicity"
     assert len(data["groups"]) == 2 and data["groups"][0]["active"] > 0
     assert 0 < prof.sum_y < prof.n
 
 
 def test_profile_command_bad_input(tiny_ckpt, tmp_path):
-    assert_clean_error(cli("profile", "--domain", "lawz", "--model", tiny_ckpt, "--out", tmp_path / "x"),
-                       2, "unknown corpus 'lawz'", "did you mean law")
+    assert_clean_error(
+        cli("profile", "--domain", "lawz", "--model", tiny_ckpt, "--out", tmp_path / "x"),
+        2,
+        "unknown corpus 'lawz'",
+        "did you mean law",
+    )
     assert not (tmp_path / "x").exists()

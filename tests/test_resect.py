@@ -19,8 +19,11 @@ from monet_edit.loading import load_model
 
 
 def tree_digest(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def raw_tensors(directory: Path) -> dict[str, bytes]:
@@ -87,11 +90,13 @@ def test_sharded_base_and_existing_masks_are_merged(tmp_path):
     base = write_tiny_checkpoint(tmp_path / "base", masks=cfg_masks, seed=7)
     sd = load_file(str(base / "model.safetensors"))
     names = sorted(sd)
-    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
+    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2 :]}
     for shard, keys in shards.items():
         save_file({k: sd[k] for k in keys}, str(base / shard))
     (base / "model.safetensors").unlink()
-    (base / checkpoint.INDEX).write_text(json.dumps({"weight_map": {k: s for s, ks in shards.items() for k in ks}}))
+    (base / checkpoint.INDEX).write_text(
+        json.dumps({"weight_map": {k: s for s, ks in shards.items() for k in ks}})
+    )
     new = {0: torch.zeros(8, 8, dtype=torch.bool), 1: torch.zeros(8, 8, dtype=torch.bool)}
     new[0][2, 3] = new[1][0, 1] = True
     out = resect.resect(base, new, tmp_path / "out", command="c", mask_meta={})
@@ -123,8 +128,9 @@ def test_refusals_leave_nothing_behind(tiny_ckpt, tmp_path):
     with pytest.raises(UsageError, match="another model"):
         resect.resect(tiny_ckpt, m, tmp_path / "o2", command="c", mask_meta={"model_fingerprint": "f" * 64})
     with pytest.raises(UsageError, match=r"\[8, 8\]"):
-        resect.resect(tiny_ckpt, {0: torch.ones(4, 4, dtype=torch.bool)}, tmp_path / "o3", command="c",
-                      mask_meta={})
+        resect.resect(
+            tiny_ckpt, {0: torch.ones(4, 4, dtype=torch.bool)}, tmp_path / "o3", command="c", mask_meta={}
+        )
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left over
     assert tree_digest(tiny_ckpt) == before
@@ -133,11 +139,24 @@ def test_refusals_leave_nothing_behind(tiny_ckpt, tmp_path):
 def test_model_card_renders_the_eval_summary():
     from helpers import tiny_config
 
-    record = {"base": {"source": "tiny", "fingerprint": "ab"}, "counts": [3, 1], "total_experts": 128,
-              "masked": 4, "fraction": 4 / 128, "command": "monet-edit run law.toml", "rule": "skew",
-              "params": {"ratio": 2.0, "trials": []}, "target": "law", "sources": {"law": {"tokens": 100}},
-              "eval": {"target_loss_before": 3.0, "target_loss_after": 3.5, "selectivity": 12.5,
-                       "table": [{"metric": "law mcq", "before": 0.5, "after": 0.25}]}}
+    record = {
+        "base": {"source": "tiny", "fingerprint": "ab"},
+        "counts": [3, 1],
+        "total_experts": 128,
+        "masked": 4,
+        "fraction": 4 / 128,
+        "command": "monet-edit run law.toml",
+        "rule": "skew",
+        "params": {"ratio": 2.0, "trials": []},
+        "target": "law",
+        "sources": {"law": {"tokens": 100}},
+        "eval": {
+            "target_loss_before": 3.0,
+            "target_loss_after": 3.5,
+            "selectivity": 12.5,
+            "table": [{"metric": "law mcq", "before": 0.5, "after": 0.25}],
+        },
+    }
     card = modelcard.render(record, tiny_config(), "resected-law")
     assert "| target_loss | 3 | 3.5 | 0.5 |" in card
     assert "| law mcq | 0.5 | 0.25 | -0.25 |" in card
@@ -147,13 +166,29 @@ def test_model_card_renders_the_eval_summary():
 
 def test_resect_command_end_to_end(tiny_ckpt, tmp_path):
     out = tmp_path / "resected"
-    res = cli("resect", "--domain", "law", "--model", tiny_ckpt, "--tokens", "1500", "--seq-len", "32",
-              "--ratio", "1.5", "--out", out, "--json")
+    res = cli(
+        "resect",
+        "--domain",
+        "law",
+        "--model",
+        tiny_ckpt,
+        "--tokens",
+        "1500",
+        "--seq-len",
+        "32",
+        "--ratio",
+        "1.5",
+        "--out",
+        out,
+        "--json",
+    )
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     record = json.loads((out / "config.json").read_text())["monet_edit"]
     assert data["counts"] == record["counts"] and data["masked"] > 0
-    assert record["command"].startswith("monet-edit resect --domain law") and record["params"] == {"ratio": 1.5}
+    assert record["command"].startswith("monet-edit resect --domain law") and record["params"] == {
+        "ratio": 1.5
+    }
     assert len(record["sources"]) == 14 and resect.verify(out) == []
     edited = load_model(out)
     assert sum(int(m.sum()) for m in edited.masks().values()) == data["masked"]
@@ -164,20 +199,32 @@ def test_resect_command_end_to_end(tiny_ckpt, tmp_path):
 def test_resect_command_bad_input(tiny_ckpt, tiny_ckpt_vd, tmp_path, capsys):
     out = tmp_path / "out"
     cfg = checkpoint.load_config(tiny_ckpt)
-    foreign = selection.write_mask(tmp_path / "vd.safetensors", random_mask(cfg, 0.1), cfg, rule="skew",
-                                   params={}, model_fingerprint=checkpoint.model_fingerprint(tiny_ckpt_vd),
-                                   sources={})
-    assert_clean_error(run(capsys, "resect", "--mask", foreign, "--model", tiny_ckpt, "--out", out), 2,
-                       "another model")
+    foreign = selection.write_mask(
+        tmp_path / "vd.safetensors",
+        random_mask(cfg, 0.1),
+        cfg,
+        rule="skew",
+        params={},
+        model_fingerprint=checkpoint.model_fingerprint(tiny_ckpt_vd),
+        sources={},
+    )
+    assert_clean_error(
+        run(capsys, "resect", "--mask", foreign, "--model", tiny_ckpt, "--out", out), 2, "another model"
+    )
     big = tmp_path / "big.safetensors"
-    masks.save(big, {0: torch.ones(16, 16, dtype=torch.bool)}, type(cfg)(**{**cfg.__dict__, "moe_experts": 16}),
-               {})
-    assert_clean_error(run(capsys, "resect", "--mask", big, "--model", tiny_ckpt, "--out", out), 2,
-                       "[8, 8]")
-    assert_clean_error(run(capsys, "resect", "--domain", "pyhton", "--model", tiny_ckpt, "--out", out), 2,
-                       "did you mean")
-    assert_clean_error(run(capsys, "resect", "--mask", foreign, "--domain", "law", "--model", tiny_ckpt), 2,
-                       "not both")
-    assert_clean_error(run(capsys, "resect", "--mask", tmp_path / "none.safetensors", "--model", tiny_ckpt,
-                           "--out", out), 2, "not found")
+    masks.save(
+        big, {0: torch.ones(16, 16, dtype=torch.bool)}, type(cfg)(**{**cfg.__dict__, "moe_experts": 16}), {}
+    )
+    assert_clean_error(run(capsys, "resect", "--mask", big, "--model", tiny_ckpt, "--out", out), 2, "[8, 8]")
+    assert_clean_error(
+        run(capsys, "resect", "--domain", "pyhton", "--model", tiny_ckpt, "--out", out), 2, "did you mean"
+    )
+    assert_clean_error(
+        run(capsys, "resect", "--mask", foreign, "--domain", "law", "--model", tiny_ckpt), 2, "not both"
+    )
+    assert_clean_error(
+        run(capsys, "resect", "--mask", tmp_path / "none.safetensors", "--model", tiny_ckpt, "--out", out),
+        2,
+        "not found",
+    )
     assert not out.exists()

@@ -31,7 +31,10 @@ def prof(mean, n=10, fp="m", corpus="t") -> Profile:
 
 def test_skew_follows_the_rule_exactly():
     target = prof([[[0.4, 0.1], [0.0, 0.2]]])
-    others = [prof([[[0.1, 0.05], [0.0, 0.15]]], corpus="a"), prof([[[0.3, 0.0], [0.1, 0.05]]], n=20, corpus="b")]
+    others = [
+        prof([[[0.1, 0.05], [0.0, 0.15]]], corpus="a"),
+        prof([[[0.3, 0.0], [0.1, 0.05]]], n=20, corpus="b"),
+    ]
     got = selection.skew(target, others, ratio=2.0)
     assert set(got) == {0} and got[0].dtype == torch.bool
     assert got[0].tolist() == [[False, True], [False, False]]
@@ -75,8 +78,17 @@ def test_budget_picks_the_most_damaging_count_within_the_retain_budget(tiny_ckpt
     target = profiling.profile_corpus(model, tok, code[:40], tokens=4000, seq_len=32, meta=meta)
     other = profiling.profile_corpus(model, tok, prose[:40], tokens=4000, seq_len=32, meta=meta)
     trace: list[dict] = []
-    chosen = selection.budget(model, code[40:], prose[40:], target, [other], retain_budget=0.05, seq_len=32,
-                              max_fraction=0.3, trace=trace)
+    chosen = selection.budget(
+        model,
+        code[40:],
+        prose[40:],
+        target,
+        [other],
+        retain_budget=0.05,
+        seq_len=32,
+        max_fraction=0.3,
+        trace=trace,
+    )
     assert model.masks() == {}  # the search leaves the model as it found it
     tried = [t["experts"] for t in trace]
     assert tried[0] == 0 and tried[1:4] == [1, 2, 4]
@@ -101,8 +113,16 @@ def test_budget_picks_the_most_damaging_count_within_the_retain_budget(tiny_ckpt
 def test_mask_file_round_trip_and_fingerprint_check(tmp_path):
     cfg = tiny_config()
     m = {0: torch.eye(8, dtype=torch.bool), 1: torch.zeros(8, 8, dtype=torch.bool)}
-    path = selection.write_mask(tmp_path / "m.safetensors", m, cfg, rule="skew", params={"ratio": 2.0},
-                                model_fingerprint="abc", sources={"law": {"tokens": 5}}, target="law")
+    path = selection.write_mask(
+        tmp_path / "m.safetensors",
+        m,
+        cfg,
+        rule="skew",
+        params={"ratio": 2.0},
+        model_fingerprint="abc",
+        sources={"law": {"tokens": 5}},
+        target="law",
+    )
     loaded, meta = selection.load_mask(path, cfg, model_fingerprint="abc")
     assert torch.equal(loaded[0], m[0]) and not loaded[1].any()
     assert meta["counts"] == [8, 0] and meta["masked"] == 8 and meta["fraction"] == 8 / 128
@@ -120,8 +140,13 @@ def test_mask_command_writes_what_the_rule_selects(tiny_ckpt, tmp_path, capsys):
     dry = run(capsys, "mask", "--domain", "law", *common, "--dry-run", "--json", "--out", out)
     assert dry.code == 0, dry.stderr
     grid = json.loads(dry.stdout)["dry_run"]
-    assert [(r["rule"], r["value"]) for r in grid] == [("skew", 1.5), ("skew", 2.0), ("skew", 3.0),
-                                                       ("skew", 5.0), ("skew (chosen)", 2.0)]
+    assert [(r["rule"], r["value"]) for r in grid] == [
+        ("skew", 1.5),
+        ("skew", 2.0),
+        ("skew", 3.0),
+        ("skew", 5.0),
+        ("skew (chosen)", 2.0),
+    ]
     assert [r["masked"] for r in grid[:4]] == sorted((r["masked"] for r in grid[:4]), reverse=True)
     assert not out.exists()
     res = run(capsys, "mask", "--domain", "law", *common, "--ratio", "1.5", "--out", out, "--json")
@@ -140,16 +165,39 @@ def test_mask_command_writes_what_the_rule_selects(tiny_ckpt, tmp_path, capsys):
     assert meta["params"] == {"ratio": 1.5} and meta["model_fingerprint"] == fp
     assert len(meta["sources"]) == 14 and meta["sources"]["law"]["tokens"] == target.n
     # from the profile files directly (target first): the same selection
-    again = run(capsys, "mask", *[a for f in [law_file, *ref_files] for a in ("--profile", f)], "--model",
-                tiny_ckpt, "--ratio", "1.5", "--out", tmp_path / "again.safetensors")
+    again = run(
+        capsys,
+        "mask",
+        *[a for f in [law_file, *ref_files] for a in ("--profile", f)],
+        "--model",
+        tiny_ckpt,
+        "--ratio",
+        "1.5",
+        "--out",
+        tmp_path / "again.safetensors",
+    )
     assert again.code == 0, again.stderr
     got2, _ = masks.load(tmp_path / "again.safetensors")
     assert all(torch.equal(got2[g], expected[g]) for g in expected)
 
 
 def test_empty_selection_is_written_with_a_warning(tiny_ckpt, tmp_path, capsys):
-    res = run(capsys, "mask", "--domain", "math", "--model", tiny_ckpt, "--tokens", "600", "--seq-len", "32",
-              "--ratio", "1e9", "--out", tmp_path / "e.safetensors")
+    res = run(
+        capsys,
+        "mask",
+        "--domain",
+        "math",
+        "--model",
+        tiny_ckpt,
+        "--tokens",
+        "600",
+        "--seq-len",
+        "32",
+        "--ratio",
+        "1e9",
+        "--out",
+        tmp_path / "e.safetensors",
+    )
     assert res.code == 0, res.stderr
     assert "EMPTY" in res.stderr
     _, meta = masks.load(tmp_path / "e.safetensors")
@@ -159,20 +207,33 @@ def test_empty_selection_is_written_with_a_warning(tiny_ckpt, tmp_path, capsys):
 def test_mask_bad_input(tiny_ckpt, tmp_path, capsys):
     m = ["--model", tiny_ckpt, "--tokens", "600", "--seq-len", "32"]
     out = tmp_path / "x.safetensors"
-    assert_clean_error(run(capsys, "mask", "--language", "klingon", *m, "--out", out), 2,
-                       "unknown corpus 'klingon'", "python")
+    assert_clean_error(
+        run(capsys, "mask", "--language", "klingon", *m, "--out", out),
+        2,
+        "unknown corpus 'klingon'",
+        "python",
+    )
     assert_clean_error(run(capsys, "mask", "--language", "law", *m, "--out", out), 2, "not a language")
-    assert_clean_error(run(capsys, "mask", "--domain", "law", "--rule", "magic", *m, "--out", out), 2,
-                       "unknown rule 'magic'")
-    assert_clean_error(run(capsys, "mask", "--domain", "law", "--rule", "corr", *m, "--out", out), 2,
-                       "corr needs token labels")
+    assert_clean_error(
+        run(capsys, "mask", "--domain", "law", "--rule", "magic", *m, "--out", out), 2, "unknown rule 'magic'"
+    )
+    assert_clean_error(
+        run(capsys, "mask", "--domain", "law", "--rule", "corr", *m, "--out", out),
+        2,
+        "corr needs token labels",
+    )
     assert not out.exists()
-    foreign = profiling.save(prof([[[0.1] * 8] * 8] * 2, fp="0" * 64, corpus="law"), tmp_path / "f.safetensors")
-    assert_clean_error(run(capsys, "mask", "--profile", foreign, "--model", tiny_ckpt, "--out", out), 2,
-                       "another model")
+    foreign = profiling.save(
+        prof([[[0.1] * 8] * 8] * 2, fp="0" * 64, corpus="law"), tmp_path / "f.safetensors"
+    )
+    assert_clean_error(
+        run(capsys, "mask", "--profile", foreign, "--model", tiny_ckpt, "--out", out), 2, "another model"
+    )
     nan = prof([[[float("nan")] * 8] * 8] * 2, fp=checkpoint.model_fingerprint(tiny_ckpt))
     nan_path = profiling.save(nan, tmp_path / "nan.safetensors")
-    assert_clean_error(run(capsys, "mask", "--profile", nan_path, "--model", tiny_ckpt, "--out", out), 2, "NaN")
+    assert_clean_error(
+        run(capsys, "mask", "--profile", nan_path, "--model", tiny_ckpt, "--out", out), 2, "NaN"
+    )
     assert not out.exists()
     out.write_bytes(b"keep")
     assert_clean_error(run(capsys, "mask", "--domain", "law", *m, "--out", out), 2, "exists", "--force")
@@ -181,8 +242,21 @@ def test_mask_bad_input(tiny_ckpt, tmp_path, capsys):
 
 def test_mask_command_subprocess_toxicity_corr(tiny_ckpt, tmp_path):
     out = tmp_path / "tox.safetensors"
-    res = cli("mask", "--toxicity", "--model", tiny_ckpt, "--tokens", "2000", "--seq-len", "50",
-              "--threshold", "0.05", "--out", out, "--json")
+    res = cli(
+        "mask",
+        "--toxicity",
+        "--model",
+        tiny_ckpt,
+        "--tokens",
+        "2000",
+        "--seq-len",
+        "50",
+        "--threshold",
+        "0.05",
+        "--out",
+        out,
+        "--json",
+    )
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     got, meta = masks.load(out)

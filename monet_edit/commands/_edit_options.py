@@ -15,20 +15,27 @@ from ..console import err
 
 MODEL = typer.Option("tiny", "--model", help="Checkpoint directory, packaged model name (tiny) or Hub id.")
 DOMAIN = typer.Option(None, "--domain", help="Target MMLU-Pro category (law, math, ...).")
-LANGUAGE = typer.Option(None, "--language", help="Target language: python, c, go, rust, perl, javascript, "
-                        "en, de, fr, es, it, pt.")
+LANGUAGE = typer.Option(
+    None, "--language", help="Target language: python, c, go, rust, perl, javascript, en, de, fr, es, it, pt."
+)
 TOXICITY = typer.Option(False, "--toxicity", help="Target toxic text (weakly labelled fortunes).")
 CORPUS = typer.Option(None, "--corpus", help="Target a user corpus (.txt/.jsonl/.parquet file or directory).")
 TOKENS = typer.Option(100_000, "--tokens", min=1, help="Tokens profiled per corpus (at most).")
 SEQ_LEN = typer.Option(256, "--seq-len", min=2, help="Tokens per profiled row.")
 BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass.")
-PROFILES_DIR = typer.Option(None, "--profiles-dir", help="Where profiles are cached "
-                            "(default $MONET_EDIT_HOME/profiles).")
+PROFILES_DIR = typer.Option(
+    None, "--profiles-dir", help="Where profiles are cached (default $MONET_EDIT_HOME/profiles)."
+)
 RULE = typer.Option(None, "--rule", help="skew | corr | budget (default: skew, corr for --toxicity).")
-RATIO = typer.Option(2.0, "--ratio", help="skew: mask experts used >= RATIO times more than by any reference.")
-THRESHOLD = typer.Option(0.1, "--threshold", help="corr: mask experts whose Pearson r with the label >= this.")
-RETAIN_BUDGET = typer.Option(0.02, "--retain-budget", help="budget: allowed relative loss rise on retain "
-                             "documents (0.02 = 2%).")
+RATIO = typer.Option(
+    2.0, "--ratio", help="skew: mask experts used >= RATIO times more than by any reference."
+)
+THRESHOLD = typer.Option(
+    0.1, "--threshold", help="corr: mask experts whose Pearson r with the label >= this."
+)
+RETAIN_BUDGET = typer.Option(
+    0.02, "--retain-budget", help="budget: allowed relative loss rise on retain documents (0.02 = 2%)."
+)
 JSON_OUT = typer.Option(False, "--json", help="Print JSON on stdout.")
 
 
@@ -46,23 +53,45 @@ def check_new_file(path: Path, force: bool) -> None:
         raise UsageError(f"{path}: output file exists (use --force to replace it)")
 
 
-def select(model: str, target, rule: str | None, *, ratio: float, threshold: float, retain_budget: float,
-           tokens: int, seq_len: int, batch_size: int, profiles_dir: str | None):
+def select(
+    model: str,
+    target,
+    rule: str | None,
+    *,
+    ratio: float,
+    threshold: float,
+    retain_budget: float,
+    tokens: int,
+    seq_len: int,
+    batch_size: int,
+    profiles_dir: str | None,
+):
     """Profile (or reuse profiles) and run the rule for a target: a selection.Selection."""
     from .. import selection, targets
 
     rule = targets.check_rule(target, rule)
-    inputs = selection.target_inputs(model, target, rule, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
-                                     profiles_dir=profiles_dir)
-    return selection.apply_rule(model, inputs, rule, ratio=ratio, threshold=threshold,
-                                retain_budget=retain_budget, seq_len=seq_len, batch_size=batch_size)
+    inputs = selection.target_inputs(
+        model, target, rule, tokens=tokens, seq_len=seq_len, batch_size=batch_size, profiles_dir=profiles_dir
+    )
+    return selection.apply_rule(
+        model,
+        inputs,
+        rule,
+        ratio=ratio,
+        threshold=threshold,
+        retain_budget=retain_budget,
+        seq_len=seq_len,
+        batch_size=batch_size,
+    )
 
 
 def warn_if_empty(masked: int, rule: str, params: dict) -> None:
     if masked == 0:
         shown = ", ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, (list, dict)))
-        err.print(f"[bold yellow]warning:[/] the selection is EMPTY: rule {rule} ({shown}) masks no expert; "
-                  "the output records 0 masked experts (a --gate on it fails with exit 3)")
+        err.print(
+            f"[bold yellow]warning:[/] the selection is EMPTY: rule {rule} ({shown}) masks no expert; "
+            "the output records 0 masked experts (a --gate on it fails with exit 3)"
+        )
 
 
 def print_counts(counts: list[int], per_group: int) -> None:

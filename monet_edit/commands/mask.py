@@ -17,8 +17,12 @@ def mask(
     language: str = opt.LANGUAGE,
     toxicity: bool = opt.TOXICITY,
     corpus: str = opt.CORPUS,
-    profile: list[str] = typer.Option(None, "--profile", help="Profile file(s) instead of a target: the "
-                                      "target's first, then its references (repeat the option)."),
+    profile: list[str] = typer.Option(
+        None,
+        "--profile",
+        help="Profile file(s) instead of a target: the "
+        "target's first, then its references (repeat the option).",
+    ),
     rule: str = opt.RULE,
     ratio: float = opt.RATIO,
     threshold: float = opt.THRESHOLD,
@@ -28,10 +32,13 @@ def mask(
     seq_len: int = opt.SEQ_LEN,
     batch_size: int = opt.BATCH_SIZE,
     profiles_dir: str = opt.PROFILES_DIR,
-    out: str = typer.Option(None, "--out", help="Mask file to write (default ./mask-TARGET-RULE.safetensors)."),
+    out: str = typer.Option(
+        None, "--out", help="Mask file to write (default ./mask-TARGET-RULE.safetensors)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print how many experts each rule and parameter "
-                                 "would mask; write nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print how many experts each rule and parameter would mask; write nothing."
+    ),
     json_out: bool = opt.JSON_OUT,
 ) -> None:
     """Select experts with a rule and write a mask file (per-group counts and parameters inside).
@@ -43,8 +50,9 @@ def mask(
     from ..errors import UsageError
 
     if profile and (domain or language or toxicity or corpus):
-        raise UsageError("give either --profile FILE(s) or a target (--domain, --language, --toxicity, "
-                         "--corpus), not both")
+        raise UsageError(
+            "give either --profile FILE(s) or a target (--domain, --language, --toxicity, --corpus), not both"
+        )
     if profile:
         inputs = selection.files_inputs(model, profile)
         label = str(inputs.target.meta.get("corpus", Path(profile[0]).stem))
@@ -58,10 +66,18 @@ def mask(
     if not dry_run:
         opt.check_new_file(path, force)
     if not profile:
-        inputs = selection.target_inputs(model, target, "skew" if dry_run else rule, tokens=tokens,
-                                         seq_len=seq_len, batch_size=batch_size, profiles_dir=profiles_dir)
-    params = dict(ratio=ratio, threshold=threshold, retain_budget=retain_budget, seq_len=seq_len,
-                  batch_size=batch_size)
+        inputs = selection.target_inputs(
+            model,
+            target,
+            "skew" if dry_run else rule,
+            tokens=tokens,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            profiles_dir=profiles_dir,
+        )
+    params = dict(
+        ratio=ratio, threshold=threshold, retain_budget=retain_budget, seq_len=seq_len, batch_size=batch_size
+    )
     config = checkpoint.load_config(checkpoint.resolve(model))
     if dry_run:
         rows = selection.dry_run(model, inputs, rule, **params)
@@ -75,8 +91,17 @@ def mask(
     opt.warn_if_empty(sum(counts), rule, sel.params)
     sel.write(path, config)
     if json_out:
-        emit_json({"path": str(path), "target": label, "rule": rule, "params": sel.params, "counts": counts,
-                   "masked": sum(counts), "fraction": selection.fraction(sel.masks, config)})
+        emit_json(
+            {
+                "path": str(path),
+                "target": label,
+                "rule": rule,
+                "params": sel.params,
+                "counts": counts,
+                "masked": sum(counts),
+                "fraction": selection.fraction(sel.masks, config),
+            }
+        )
         return
     opt.print_counts(counts, config.num_experts)
     err.print(f"wrote {path} (rule {rule}, target {label})")
@@ -85,13 +110,19 @@ def mask(
 def _print_grid(label: str, rows: list[dict]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"dry run for {label}: experts each rule would mask (nothing written)",
-                  title_justify="left")
+    table = Table(
+        title=f"dry run for {label}: experts each rule would mask (nothing written)", title_justify="left"
+    )
     for col in ("rule", "parameter", "masked", "fraction", "per group"):
         table.add_column(col, justify="left" if col in ("rule", "parameter") else "right")
     for r in rows:
-        table.add_row(r["rule"], f"{r['param']}={r['value']}", f"{r['masked']:,}", f"{r['fraction']:.2%}",
-                      " ".join(str(c) for c in r["counts"]))
+        table.add_row(
+            r["rule"],
+            f"{r['param']}={r['value']}",
+            f"{r['masked']:,}",
+            f"{r['fraction']:.2%}",
+            " ".join(str(c) for c in r["counts"]),
+        )
     err.print(table)
 
 

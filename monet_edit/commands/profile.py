@@ -19,7 +19,9 @@ def profile(
     tokens: int = opt.TOKENS,
     seq_len: int = opt.SEQ_LEN,
     batch_size: int = opt.BATCH_SIZE,
-    out: str = typer.Option(None, "--out", help="Directory for the profiles (default $MONET_EDIT_HOME/profiles)."),
+    out: str = typer.Option(
+        None, "--out", help="Directory for the profiles (default $MONET_EDIT_HOME/profiles)."
+    ),
     json_out: bool = opt.JSON_OUT,
 ) -> None:
     """Profile the target's profile split and, for --domain/--language, every sibling corpus.
@@ -30,22 +32,32 @@ def profile(
 
     target = targets.resolve(domain, language, toxicity, corpus)
     names = target.corpora if target.kind in ("domain", "language") else [target.name]
-    paths = profiling.ensure_profiles(model, names, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
-                                      out_dir=out)
+    paths = profiling.ensure_profiles(
+        model, names, tokens=tokens, seq_len=seq_len, batch_size=batch_size, out_dir=out
+    )
     loaded = {name: profiling.load(path) for name, path in paths.items()}
     main = loaded[target.name]
     groups = profiling.summary(main)
     if json_out:
-        emit_json({"target": target.name, "kind": target.kind,
-                   "profiles": {n: {"path": str(paths[n]), "tokens": p.n, "labelled": p.labelled}
-                                for n, p in loaded.items()},
-                   "groups": groups})
+        emit_json(
+            {
+                "target": target.name,
+                "kind": target.kind,
+                "profiles": {
+                    n: {"path": str(paths[n]), "tokens": p.n, "labelled": p.labelled}
+                    for n, p in loaded.items()
+                },
+                "groups": groups,
+            }
+        )
         return
     from rich.table import Table
 
     E = main.experts
-    table = Table(title=f"{target.name}: {main.n:,} tokens, {len(loaded) - 1} reference profile(s)",
-                  title_justify="left")
+    table = Table(
+        title=f"{target.name}: {main.n:,} tokens, {len(loaded) - 1} reference profile(s)",
+        title_justify="left",
+    )
     table.add_column("group", justify="right")
     table.add_column("active experts", justify="right")
     table.add_column("top experts (i,j): mean routing weight per token")

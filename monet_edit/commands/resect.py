@@ -43,8 +43,9 @@ def resect(
     from ..errors import UsageError
 
     if mask and (domain or language or toxicity or corpus):
-        raise UsageError("give either --mask FILE or a target (--domain, --language, --toxicity, --corpus), "
-                         "not both")
+        raise UsageError(
+            "give either --mask FILE or a target (--domain, --language, --toxicity, --corpus), not both"
+        )
     base = checkpoint.resolve(model)
     config = checkpoint.load_config(base)
     if mask:
@@ -56,21 +57,41 @@ def resect(
     path = Path(out or f"resected-{Path(label).stem}")
     resect_mod.check_output(path, base, force)
     if not mask:
-        sel = opt.select(model, target, rule, ratio=ratio, threshold=threshold, retain_budget=retain_budget,
-                         tokens=tokens, seq_len=seq_len, batch_size=batch_size, profiles_dir=profiles_dir)
+        sel = opt.select(
+            model,
+            target,
+            rule,
+            ratio=ratio,
+            threshold=threshold,
+            retain_budget=retain_budget,
+            tokens=tokens,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            profiles_dir=profiles_dir,
+        )
         masks, meta = sel.masks, sel.meta(config)
     counts = masks_mod.counts(masks, config)
     opt.warn_if_empty(sum(counts), meta.get("rule", "given mask"), meta.get("params", {}))
     written = resect_mod.resect(model, masks, path, force=force, command=opt.command_line(), mask_meta=meta)
     record = checkpoint.load_config(written).extra["monet_edit"]
     if json_out:
-        emit_json({"out": str(written), "target": label, "rule": record["rule"], "counts": record["counts"],
-                   "masked": record["masked"], "fraction": record["fraction"],
-                   "fingerprint": record["base"]["fingerprint"]})
+        emit_json(
+            {
+                "out": str(written),
+                "target": label,
+                "rule": record["rule"],
+                "counts": record["counts"],
+                "masked": record["masked"],
+                "fraction": record["fraction"],
+                "fingerprint": record["base"]["fingerprint"],
+            }
+        )
         return
     opt.print_counts(record["counts"], config.num_experts)
-    err.print(f"wrote {written} ({record['masked']:,} experts masked, {record['fraction']:.2%}; "
-              f"load it with monet_edit.load_model)")
+    err.print(
+        f"wrote {written} ({record['masked']:,} experts masked, {record['fraction']:.2%}; "
+        f"load it with monet_edit.load_model)"
+    )
 
 
 def register(app: typer.Typer) -> None:
