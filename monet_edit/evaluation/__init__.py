@@ -15,7 +15,17 @@ from pathlib import Path
 
 from .. import atomic, checkpoint, gates
 from ..errors import GateFailed, UsageError
-from .plan import EvalParams, Target, edit_record, parse_suites, record_base, record_target, target_from_name
+from ..loading import parse_device
+from .plan import (
+    EvalParams,
+    Target,
+    check_params,
+    edit_record,
+    parse_suites,
+    record_base,
+    record_target,
+    target_from_name,
+)
 
 __all__ = ["EvalParams", "Plan", "Target", "execute", "prepare", "target_from_name"]
 
@@ -71,9 +81,8 @@ def prepare(model: str | None = None, base: str | None = None, target: str | Non
     else:
         raise UsageError(f"{model}: no edit record names the target; give --target CORPUS")
     plan_params = EvalParams(suites=parse_suites(suites, tgt), **params)
-    from .plan import check_params
-
     check_params(plan_params)
+    parse_device(device)
     conditions = gates.parse(gate, plan_params.suites) if gate is not None else []
     if conditions and empty_selection(model_dir, base_dir):
         raise GateFailed(f"{model}: empty selection, the edited model masks no experts and equals its base; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,17 +48,21 @@ def run_suites(model, tokenizer, data: dict, params: EvalParams, log: Callable[[
 
     out: dict = {}
     if data["loss"]:
-        out["loss"] = {}
-        for name, batch_rows in data["loss"].items():
-            out["loss"][name] = loss_sums(model, batch_rows, params.batch_size).to_dict()
-        log(f"  loss: {len(data['loss'])} corpora")
+        started = time.perf_counter()
+        out["loss"] = {name: loss_sums(model, batch_rows, params.batch_size).to_dict()
+                       for name, batch_rows in data["loss"].items()}
+        tokens = sum(v["tokens"] for v in out["loss"].values())
+        log(f"  loss: {len(data['loss'])} corpora, {tokens:,} tokens in {time.perf_counter() - started:.1f} s")
     if data["mcq"]:
+        started = time.perf_counter()
         out["mcq"] = {name: mcq.score(model, tokenizer, docs) for name, docs in data["mcq"].items()}
-        log(f"  mcq: {sum(len(d) for d in data['mcq'].values())} questions")
+        log(f"  mcq: {sum(len(d) for d in data['mcq'].values())} questions in {time.perf_counter() - started:.1f} s")
     if data["prompts"] is not None:
+        started = time.perf_counter()
         out["toxicity"] = toxicity.score(model, tokenizer, data["prompts"], samples=params.samples,
                                          max_new_tokens=params.max_new_tokens, seed=params.seed)
-        log(f"  toxicity: {sum(len(p) for p in data['prompts'].values())} prompts x {params.samples} samples")
+        log(f"  toxicity: {sum(len(p) for p in data['prompts'].values())} prompts x {params.samples} samples "
+            f"in {time.perf_counter() - started:.1f} s")
     return out
 
 

@@ -23,25 +23,27 @@ def prompt_and_choices(doc: dict) -> tuple[str, list[str]]:
 
 @torch.inference_mode()
 def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[float]:
-    """Summed log-likelihood of each choice's tokens after the prompt (one batch of rows).
+    """Summed log-likelihood of each choice's tokens after the prompt.
 
-    The prompt is cut from the left when prompt + choice exceed the model's positions."""
+    The prompt runs once; the choices then run as one batch on its KV cache (right-padded, which
+    causal attention ignores). The prompt is cut from the left to fit the model's positions."""
     limit = model.config.max_position_embeddings
-    context = tokenizer.encode(prompt)
     conts = [tokenizer.encode(c, add_bos=False)[: limit - 1] for c in choices]
-    seqs = [(context + c)[-limit:] for c in conts]
-    width = max(len(s) for s in seqs)
+    width = max(len(c) for c in conts)
+    context = tokenizer.encode(prompt)[-(limit - width):]
     device = next(model.parameters()).device
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s)
-    logp = F.log_softmax(model(ids.to(device)).logits.float(), dim=-1).cpu()
-    out = []
-    for r, (s, c) in enumerate(zip(seqs, conts, strict=True)):
-        start = len(s) - len(c)  # position of the first continuation token
-        targets = torch.tensor(s[start:])
-        out.append(float(logp[r, start - 1: len(s) - 1].gather(-1, targets[:, None]).sum()))
-    return out
+    out = model(torch.tensor([context], device=device), use_cache=True)
+    first = F.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+    cache = [(k.expand(len(conts), -1, -1, -1), v.expand(len(conts), -1, -1, -1)) for k, v in out.past_key_values]
+    ids = torch.zeros(len(conts), width, dtype=torch.long)
+    for r, c in enumerate(conts):
+        ids[r, : len(c)] = torch.tensor(c)
+    rest = F.log_softmax(model(ids.to(device), past_key_values=cache).logits.float(), dim=-1).cpu()
+    scores = []
+    for r, c in enumerate(conts):
+        later = rest[r, : len(c) - 1].gather(-1, torch.tensor(c[1:])[:, None]).sum() if len(c) > 1 else 0.0
+        scores.append(float(first[c[0]] + later))
+    return scores
 
 
 def score(model, tokenizer, docs: list[dict]) -> dict:
