@@ -67,7 +67,7 @@ def masked_pairs(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> Mask
         *i1.shape, i2.shape[-1])
     if not bool(hit.any()):
         return None
-    weight = v1.unsqueeze(-1) * v2.unsqueeze(-2) * hit.to(v1.dtype)
+    weight = torch.where(hit, v1.unsqueeze(-1) * v2.unsqueeze(-2), 0.0)
     return MaskedPairs(i1, i2, weight)
 
 
