@@ -23,6 +23,8 @@ INDEX = "model.safetensors.index.json"
 MASK_KEY = re.compile(r"^model\.layers\.(\d+)\.router\.expert_mask$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 PACKAGED = ("tiny",)
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+            "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 HUB_FILES = ["config.json", "*.safetensors", INDEX, "tokenizer.json", "tokenizer.model",
              "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -121,8 +123,6 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             raise ValueError
     except (ValueError, UnicodeDecodeError):
         raise UsageError(f"{path}: corrupt safetensors header (not a JSON object)") from None
-    itemsize = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-                "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
     data_len = size - 8 - n
     out = {}
     for name, info in header.items():
@@ -135,8 +135,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
                 if not isinstance(s, int) or s < 0:
                     raise ValueError
                 count *= s
-            ok = (dtype in itemsize and isinstance(start, int) and isinstance(end, int)
-                  and 0 <= start <= end <= data_len and end - start == count * itemsize[dtype])
+            ok = (dtype in ITEMSIZE and isinstance(start, int) and isinstance(end, int)
+                  and 0 <= start <= end <= data_len and end - start == count * ITEMSIZE[dtype])
         except (TypeError, ValueError, KeyError):
             ok = False
         if not ok:
@@ -211,6 +211,32 @@ def read_tensors(infos: dict[str, TensorInfo]) -> dict[str, Any]:
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise UsageError(f"{path}: cannot read safetensors data ({str(exc).splitlines()[0][:160]})") from None
     return out
+
+
+def read_tagged(path: str | Path, key: str, what: str) -> tuple[dict[str, Any], Any]:
+    """Tensors and the JSON stored under metadata `key` of a small safetensors file (mask, profile).
+
+    Any unreadable file, bad safetensors bytes or bad JSON is one UsageError naming `what`.
+    """
+    from safetensors.torch import load
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        tensors = load(raw)
+        n = int.from_bytes(raw[:8], "little")
+        text = (json.loads(raw[8:8 + n]).get("__metadata__") or {}).get(key)
+        tag = json.loads(text) if text else None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # safetensors raises SafetensorError, or a Rust panic on hostile bytes
+        raise UsageError(f"{path}: not a {what} (unreadable safetensors or metadata)") from None
+    return tensors, tag
 
 
 def file_metadata(path: Path) -> dict[str, str]:

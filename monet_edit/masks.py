@@ -57,22 +57,11 @@ def save(path: str | Path, masks: dict, config: MonetConfig, meta: dict[str, Any
 
 def load(path: str | Path, config: MonetConfig | None = None) -> tuple[dict, dict[str, Any]]:
     """Read a mask file; with `config`, check it fits the model. Returns (masks, metadata)."""
-    from safetensors.torch import load
+    from .checkpoint import read_tagged
 
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: mask file not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        tensors = load(raw)
-    except (Exception, BaseException) as exc:  # safetensors raises SafetensorError or a Rust panic
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise UsageError(f"{path}: not a valid mask file (cannot parse safetensors)") from None
-    meta = _metadata(raw, path)
+    tensors, meta = read_tagged(path, META_KEY, "mask file")
+    if meta is not None and not isinstance(meta, dict):
+        raise UsageError(f"{path}: mask file metadata is not a JSON object")
     masks = {}
     for name, tensor in tensors.items():
         m = KEY.match(name)
@@ -83,17 +72,7 @@ def load(path: str | Path, config: MonetConfig | None = None) -> tuple[dict, dic
         raise UsageError(f"{path}: mask file holds no groups")
     if config is not None:
         masks = normalise(masks, config, where=str(path))
-    return masks, meta
-
-
-def _metadata(raw: bytes, path: Path) -> dict[str, Any]:
-    n = int.from_bytes(raw[:8], "little")
-    try:
-        header = json.loads(raw[8:8 + n])
-        text = (header.get("__metadata__") or {}).get(META_KEY)
-        return json.loads(text) if text else {}
-    except (ValueError, AttributeError, TypeError):
-        raise UsageError(f"{path}: mask file metadata is not valid JSON") from None
+    return masks, meta or {}
 
 
 def counts(masks: dict, config: MonetConfig) -> list[int]:

@@ -252,25 +252,12 @@ def save(profile: Profile, path: str | Path) -> Path:
 
 def load(path: str | Path, *, model_fingerprint: str | None = None, config=None) -> Profile:
     """Read and validate a profile; with `model_fingerprint` (and `config`), check it fits the model."""
-    from safetensors.torch import load as st_load
+    from .checkpoint import read_tagged
 
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: profile file not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        tensors = st_load(raw)
-        n_head = int.from_bytes(raw[:8], "little")
-        head = json.loads(json.loads(raw[8 : 8 + n_head])["__metadata__"][META_KEY])
-        if not isinstance(head, dict) or not isinstance(head.get("meta"), dict):
-            raise ValueError
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException:  # safetensors raises SafetensorError or a Rust panic on bad bytes
-        raise UsageError(f"{path}: not a monet-edit profile (unreadable safetensors or metadata)") from None
+    tensors, head = read_tagged(path, META_KEY, "monet-edit profile")
+    if not isinstance(head, dict) or not isinstance(head.get("meta"), dict):
+        raise UsageError(f"{path}: not a monet-edit profile (no profile metadata)")
     if head.get("format") != FORMAT:
         raise UsageError(
             f"{path}: profile format {head.get('format')!r} is not supported (expected {FORMAT})"

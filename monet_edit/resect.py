@@ -33,23 +33,6 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "generation_config.json",
 )
-ITEMSIZE = {
-    "F64": 8,
-    "I64": 8,
-    "U64": 8,
-    "F32": 4,
-    "I32": 4,
-    "U32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I16": 2,
-    "U16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-}
 
 
 def check_output(out: Path, base: Path, force: bool) -> None:
@@ -79,7 +62,7 @@ def write_weights(
     (name -> (dtype, shape, data)). Returns the file's sha256."""
     entries = [(n, i.dtype, list(i.shape), i.end - i.start) for n, i in infos.items()]
     entries += [(n, dtype, shape, len(data)) for n, (dtype, shape, data) in extra.items()]
-    entries.sort(key=lambda e: (-ITEMSIZE[e[1]], e[0]))  # widest first keeps every tensor aligned
+    entries.sort(key=lambda e: (-checkpoint.ITEMSIZE[e[1]], e[0]))  # widest first keeps every tensor aligned
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, dtype, shape, size in entries:

@@ -217,5 +217,5 @@ def test_mask_that_does_not_fit(tmp_path):
     with pytest.raises(UsageError, match="out of range"):
         load_model(tmp_path, mask={7: torch.zeros(8, 8, dtype=torch.bool)})
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
-    with pytest.raises(UsageError, match="not a valid mask file"):
+    with pytest.raises(UsageError, match="not a mask file"):
         load_model(tmp_path, mask=tmp_path / "bad.safetensors")
