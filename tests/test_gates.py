@@ -57,7 +57,7 @@ def test_every_metric_is_documented_in_help():
 
 
 def _eval_args(model, base, out, gate):
-    return ("eval", "--model", model, "--base", base, "--target", "python", "--suite", "loss",
+    return ("eval", "--model", model, "--base", base, "--target", "toxicity", "--suite", "loss",
             "--tokens", "300", "--seq-len", "32", "--batch-size", "16", "--out", out, "--gate", gate)
 
 
@@ -69,8 +69,8 @@ def test_cli_gate_pass_and_fail(tiny_ckpt, copies, tmp_path, shared_home):  # no
     data = json.loads(ok.stdout)
     assert data["gates"][0]["passed"] and data["summary"]["experts_masked"] > 0
     assert json.loads((tmp_path / "ok" / "results.json").read_text())["summary"] == data["summary"]
-    assert "| loss | python |" in (tmp_path / "ok" / "results.md").read_text()
-    assert "before" in ok.stderr and "python" in ok.stderr  # the table is printed
+    assert "| loss | toxicity |" in (tmp_path / "ok" / "results.md").read_text()
+    assert "before" in ok.stderr and "general" in ok.stderr  # the table is printed
 
     bad = cli(*_eval_args(copies["masked"], tiny_ckpt, tmp_path / "bad", "target_loss_delta>=100"), env=env)
     assert bad.code == 3 and "Traceback" not in bad.stderr

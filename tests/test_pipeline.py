@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from monet_edit.errors import UsageError
 
 SMALL = """# monet-edit run {name}
 [target]
-kind = "language"
-name = "python"
+kind = "{kind}"
+name = "{target}"
 
 [profile]
 tokens = 1500
@@ -24,8 +25,7 @@ batch_size = 16
 dir = "{profiles}"
 
 [select]
-rule = "skew"
-ratio = 1.0
+{select}
 
 [resect]
 out = "{out}"
@@ -41,9 +41,15 @@ conditions = [{gates}]
 """
 
 
-def small_recipe(tmp_path: Path, gates: str = '"experts_masked>=1"', out: str = "edited") -> Path:
+def small_recipe(tmp_path: Path, gates: str = '"experts_masked>=1"', target: str = "python") -> Path:
+    """python: skew with ratio 1 (never empty); toxicity: corr with a threshold of 0.01 (one profile)."""
+    from monet_edit import corpora
+
     path = tmp_path / "small.toml"
-    path.write_text(SMALL.format(name=path, profiles=tmp_path / "profiles", out=tmp_path / out, gates=gates))
+    select = 'rule = "skew"\nratio = 1.0' if target == "python" else 'rule = "corr"\nthreshold = 0.01'
+    path.write_text(SMALL.format(name=path, kind=corpora.get_spec(target).kind, target=target, select=select,
+                                 profiles=Path(os.environ["MONET_EDIT_HOME"]) / "profiles",  # shared cache
+                                 out=tmp_path / "edited", gates=gates))
     return path
 
 
@@ -142,11 +148,11 @@ def test_run_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
 
 
 def test_cli_run(tiny_ckpt, tmp_path, shared_home):  # noqa: F811
-    recipe = small_recipe(tmp_path, gates='"target_loss_delta>=100"')
+    recipe = small_recipe(tmp_path, gates='"target_loss_delta>=100"', target="toxicity")
     res = cli("run", recipe, "--model", tiny_ckpt, "--out", tmp_path / "cli-out", env={"MONET_EDIT_HOME": str(shared_home)})
     assert res.code == 3, res.stderr
     assert "gate failed: target_loss_delta>=100" in res.stderr.strip().splitlines()[-1]
-    assert "python" in res.stderr and "general" in res.stderr  # the before/after table
+    assert "toxicity" in res.stderr and "general" in res.stderr  # the before/after table
     assert (tmp_path / "cli-out" / "eval" / "results.md").is_file()
     assert "monet-edit run" in json.loads((tmp_path / "cli-out" / "config.json").read_text())["monet_edit"]["command"]
     bad = cli("run", tmp_path / "missing.toml")
