@@ -32,9 +32,10 @@ def _rows_ptr(base_ptr, n, E, M, rows, m):
 
 
 @triton.jit
-def _mix_heads(g_ptr, a_ptr, n, H, E, M, h, m, BLOCK_E: tl.constexpr):
+def _mix_heads(g_ptr, a_ptr, n, H, E, M, h, m, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr,
+               BLOCK_M: tl.constexpr):
     """z[h, :] = sum_i g[n, h, i] a[n, i, :] in fp32, [BLOCK_H, BLOCK_M]."""
-    z = tl.zeros([h.shape[0], m.shape[0]], dtype=tl.float32)
+    z = tl.zeros([BLOCK_H, BLOCK_M], dtype=tl.float32)
     for e0 in range(0, E, BLOCK_E):
         e = e0 + tl.arange(0, BLOCK_E)
         g = _load_g(g_ptr, n, H, E, h, e)
@@ -96,7 +97,7 @@ def _hd_kernel(a_ptr, g1_ptr, g2_ptr, slots_ptr, bias_ptr, w_ptr, i1_ptr, i2_ptr
     n = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     m = tl.arange(0, BLOCK_M)
-    z = _mix_heads(g1_ptr, a_ptr, n, H, E1, M, h, m, BLOCK_E)
+    z = _mix_heads(g1_ptr, a_ptr, n, H, E1, M, h, m, BLOCK_H, BLOCK_E, BLOCK_M)
     _spread(g2_ptr, z, slots_ptr, bias_ptr, n, H, E2, M, h, m, BLOCK_E)
     if HAS_PAIRS:
         tl.debug_barrier()
@@ -114,8 +115,8 @@ def _vd_kernel(a1_ptr, a2_ptr, g1_ptr, g2_ptr, top_self_ptr, top_cross_ptr, bott
     n = tl.program_id(0).to(tl.int64)
     h = tl.arange(0, BLOCK_H)
     m = tl.arange(0, BLOCK_M)
-    z1 = _mix_heads(g1_ptr, a1_ptr, n, H, E1, M, h, m, BLOCK_E)
-    z2 = _mix_heads(g2_ptr, a2_ptr, n, H, E2, M, h, m, BLOCK_E)
+    z1 = _mix_heads(g1_ptr, a1_ptr, n, H, E1, M, h, m, BLOCK_H, BLOCK_E, BLOCK_M)
+    z2 = _mix_heads(g2_ptr, a2_ptr, n, H, E2, M, h, m, BLOCK_H, BLOCK_E, BLOCK_M)
     _spread(g1_ptr, z2, top_cross_ptr, r1_ptr, n, H, E1, M, h, m, BLOCK_E)
     _spread(g2_ptr, z1, bottom_cross_ptr, r2_ptr, n, H, E2, M, h, m, BLOCK_E)
     if HAS_PAIRS:
