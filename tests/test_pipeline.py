@@ -119,7 +119,7 @@ def test_recipe_lookup(tmp_path):
 
 
 def test_run_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
-    from monet_edit import checkpoint, evaluation, loading
+    from monet_edit import checkpoint, evaluation, loading, resect
 
     recipe = small_recipe(tmp_path, gates='"experts_masked>=1", "target_loss_delta>-50"')
     shown = []
@@ -134,6 +134,7 @@ def test_run_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
     assert written["recipe"]["path"] == str(recipe) and written["recipe"]["values"]["select"]["ratio"] == 1.0
     assert written["edited"]["dir"] == str(out.resolve()) and all(g["passed"] for g in written["gates"])
     # the written checkpoint gives exactly the numbers measured on base + in-memory masks
+    assert resect.verify(out) == []  # eval/ beside the checkpoint leaves its manifest intact
     model = loading.load_model(out)
     assert sum(int(m.sum()) for m in model.masks().values()) == record["masked"]
     # eval with no arguments inside the resected directory compares it with its base (record)
