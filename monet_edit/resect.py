@@ -205,6 +205,11 @@ def verify(directory: str | Path) -> list[str]:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{directory}: no valid {MANIFEST} (not a resected checkpoint?)") from None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise UsageError(f"{directory}: {MANIFEST} 'files' must map file names to sha256 strings")
+    for name in files:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise UsageError(f"{directory}: {MANIFEST} names {name!r}, not a plain file name in the directory")
     return [
         name
         for name, sha in sorted(files.items())
