@@ -20,6 +20,17 @@ def _tmp_name(target: Path) -> str:
     return f".{target.name}.tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publishable(path: str | Path, mode: int) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) paths; outputs get the usual umask permissions."""
+    os.chmod(path, mode & ~_umask())
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically (fsync, then rename over any previous file)."""
     path = Path(path)
@@ -34,6 +45,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _publishable(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -71,6 +83,7 @@ def output_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
         raise UsageError(f"{path}: cannot create output directory ({exc.strerror or exc})") from None
     try:
         yield tmp
+        _publishable(tmp, 0o777)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
             os.replace(path, old / path.name)
