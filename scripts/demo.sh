@@ -7,4 +7,12 @@ BIN=.venv/bin
 OUT=${DEMO_OUT:-runs/demo}
 $BIN/monet-edit info tiny
 $BIN/monet-edit generate tiny --prompt "def " --max-new-tokens 40 --seed 0
-$BIN/monet-edit run law --out "$OUT/resected-law" --force
+status=0
+$BIN/monet-edit run law --out "$OUT/resected-law" --force || status=$?
+if [[ $status -eq 3 ]]; then
+    # The pipeline ran and wrote its checkpoint and results; only the recipe's gate failed.
+    echo "demo: the law gate fails on monet-tiny (too small for domain-specific experts: see README," \
+         "'Results on monet-tiny'); results in $OUT/resected-law/eval/" >&2
+elif [[ $status -ne 0 ]]; then
+    exit "$status"
+fi
