@@ -44,11 +44,13 @@ def _is_user_path(name: str) -> bool:
         return Path(name).expanduser().exists()
 
 
-def _entry(spec) -> dict:
+def _entry(spec, ok: bool | None = None, detail: str = "", built=None) -> dict:
+    """The registry row of a corpus (availability and cache looked up unless given)."""
     from ..corpora import availability, cached
 
-    ok, detail = availability(spec.name)
-    built = cached(spec.name)
+    if ok is None:
+        ok, detail = availability(spec.name)
+        built = cached(spec.name)
     return {
         "name": spec.name,
         "kind": spec.kind,
@@ -189,21 +191,9 @@ def show_cmd(
         docs = built.load("train")
         if docs:
             sample = docs[0]
-    info = {
-        "name": spec.name,
-        "kind": spec.kind,
-        "family": spec.family,
-        "source": spec.source,
-        "description": spec.description,
-        "available": ok,
-        "detail": detail,
-        "built": built is not None,
-        "fingerprint": built.fingerprint if built else None,
-        "dir": str(built.dir) if built else None,
-        "counts": built.counts if built else None,
-        "chars": built.chars if built else None,
-        "sample": sample,
-    }
+    info = _entry(spec, ok, detail, built)
+    info.update({"dir": str(built.dir) if built else None, "chars": built.chars if built else None,
+                 "sample": sample})
     if as_json:
         _emit_json(info)
         return
