@@ -34,9 +34,12 @@ def eval_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing results directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the results JSON on stdout."),
 ) -> None:
-    """Compare an edited model with its base on held-out eval splits: loss and next-token accuracy per
-    corpus of the edit's kind plus general, multiple choice per MMLU category, toxicity of sampled
-    continuations. Writes results.json and results.md; --gate turns the summary into an exit code."""
+    """Compare an edited model with its base on held-out eval splits (loss, multiple choice, toxicity).
+
+    Loss and next-token accuracy per corpus of the edit's kind plus general, multiple choice per
+    MMLU category, toxicity of sampled continuations. Writes results.json and results.md; --gate
+    turns the summary into an exit code.
+    """
     from ..console import emit_json, err
     from ..evaluation import execute, prepare, report
 
