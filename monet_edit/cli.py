@@ -22,6 +22,14 @@ Examples:
   monet-edit info tiny                      # architecture, groups, masks, weights sha256
 
   monet-edit generate tiny --prompt "def "  # sample a continuation
+
+  monet-edit profile --domain law           # which experts does law text use?
+
+  monet-edit resect --language de           # mask German experts, write a new checkpoint
+
+  monet-edit eval --model resected-de --gate "selectivity>=10"   # before vs after; exit 3 on failure
+
+  monet-edit run law                        # profile -> mask -> resect -> eval -> gate from a recipe
 """
 
 app = typer.Typer(name="monet-edit", help=HELP, no_args_is_help=True, add_completion=False,
