@@ -99,11 +99,13 @@ _register_subcommands()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every expected failure becomes one line on stderr and an exit code."""
+    from rich.markup import escape
+
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="monet-edit", standalone_mode=False)
     except MonetEditError as exc:
-        err.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("MONET_EDIT_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} "
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
                   "(set MONET_EDIT_DEBUG=1 for the traceback)", markup=True, soft_wrap=True)
         return 1
     return 0
