@@ -125,3 +125,21 @@ def test_toml_text(tmp_path_factory, text):
         tomlconfig.validate(tomlconfig.read(path), SCHEMA, str(path))
     except UsageError:
         pass
+
+
+@FUZZ
+@given(st.binary(max_size=300) | st.builds(
+    lambda h, p: _safetensors_bytes(h, p),
+    st.fixed_dictionaries({"S": tensor_entries}, optional={"__metadata__": st.fixed_dictionaries(
+        {"monet_edit": st.text(max_size=40) | json_values.map(json.dumps)})}),
+    st.binary(max_size=128)))
+def test_profile_file_reader(tmp_path_factory, blob):
+    from monet_edit import profiling
+
+    path = tmp_path_factory.mktemp("profile") / "p.safetensors"
+    path.write_bytes(blob)
+    try:
+        prof = profiling.load(path)
+    except UsageError:
+        return
+    assert prof.n > 0 and prof.S.dim() == 3
