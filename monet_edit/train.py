@@ -207,11 +207,10 @@ def settle_batchnorm(model, data: TrainData, seed: int, batches: int, batch_size
     model.eval()
 
 
-def unigram_loss(train: np.ndarray, evals: np.ndarray, vocab: int) -> float:
-    """Cross-entropy (nats/token) of an add-one unigram model of the training tokens."""
+def unigram_logprobs(train: np.ndarray, vocab: int) -> np.ndarray:
+    """Log-probabilities of an add-one unigram model of the training tokens (the baseline)."""
     counts = np.bincount(train, minlength=vocab).astype(np.float64) + 1.0
-    logp = np.log(counts / counts.sum())
-    return float(-logp[evals[1:]].mean())
+    return np.log(counts / counts.sum())
 
 
 @torch.no_grad()
@@ -221,21 +220,21 @@ def evaluate(model, data: TrainData, seq_len: int, eval_tokens: int) -> dict[str
 
     model.eval()
     vocab = model.config.vocab_size
-    all_train = np.concatenate(data.train)
-    per_corpus, used = {}, None
+    unigram = unigram_logprobs(np.concatenate(data.train), vocab)  # once, not per corpus
+    per_corpus: dict[str, dict] = {}
+    used: dict[int, torch.Tensor] = {}
     active_pairs, active_tokens = 0.0, 0
     for name, ev in zip(data.names, data.eval, strict=True):
         r = rows(ev[:eval_tokens].tolist(), seq_len, name)
         sums = loss_sums(model, r)
         per_corpus[name] = {"loss": round(sums.loss, 4), "accuracy": round(sums.accuracy, 4),
-                            "unigram_loss": round(unigram_loss(all_train, ev[:eval_tokens], vocab), 4),
+                            "unigram_loss": round(float(-unigram[ev[1:eval_tokens]].mean()), 4),
                             "tokens": sums.tokens}
         routing: list = []
         model.model(r[:2, :-1], routing=routing)
         for g, (g1, g2) in enumerate(routing):
             a1, a2 = (g1 > 0).flatten(0, 1).float(), (g2 > 0).flatten(0, 1).float()   # [T, H, E]
             pairs = torch.einsum("thi,thj->tij", a1, a2) > 0                           # per-token E*E, small T
-            used = {} if used is None else used
             used[g] = used.get(g, torch.zeros_like(pairs[0])) | pairs.any(0)
             active_pairs += float(pairs.sum())
             active_tokens += pairs.shape[0]

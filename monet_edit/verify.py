@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
+from .errors import UsageError
 from .info import describe
 
 
 def check(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     if not directory.is_dir():
-        from .errors import UsageError
-
         raise UsageError(f"{directory}: not a directory")
     checked: list[str] = []
     problems: list[str] = []
