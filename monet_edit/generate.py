@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .errors import UsageError
@@ -22,9 +24,10 @@ def _next_token(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
 
 @torch.inference_mode()
 def sample(model, prompt_ids: list[int], *, num_samples: int = 1, max_new_tokens: int = 32,
-           temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, eos_id: int | None = None
-           ) -> list[list[int]]:
-    """`num_samples` continuations of one prompt, each at most `max_new_tokens` (stops at EOS)."""
+           temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, eos_id: int | None = None,
+           stop: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+    """`num_samples` continuations of one prompt, each at most `max_new_tokens`. Stops at EOS (cut
+    off) and once `stop(tokens so far)` holds for every row (lm-eval's stop strings; kept)."""
     if temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
@@ -47,8 +50,10 @@ def sample(model, prompt_ids: list[int], *, num_samples: int = 1, max_new_tokens
         result = torch.cat((result, nxt[:, None]), dim=1)
         if eos_id is not None:
             done |= nxt == eos_id
-            if bool(done.all()):
-                break
+        if stop is not None:
+            done |= torch.tensor([stop(row) for row in result.tolist()], device=device)
+        if (eos_id is not None or stop is not None) and bool(done.all()):
+            break
         out = model(nxt[:, None], past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
     rows = []

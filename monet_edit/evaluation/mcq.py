@@ -22,28 +22,40 @@ def prompt_and_choices(doc: dict) -> tuple[str, list[str]]:
 
 
 @torch.inference_mode()
-def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[float]:
-    """Summed log-likelihood of each choice's tokens after the prompt.
+def continuation_logliks(model, context: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+    """(summed log-likelihood, greedy) of each continuation's token ids after the `context` ids;
+    greedy: every continuation token is the argmax (lm-eval's is_greedy).
 
-    The prompt runs once; the choices then run as one batch on its KV cache (right-padded, which
-    causal attention ignores). The prompt is cut from the left to fit the model's positions."""
+    The context runs once; the continuations then run as one batch on its KV cache (right-padded,
+    which causal attention ignores). A continuation's last token is never fed, so context plus
+    continuation may fill the model's positions + 1; continuations are cut to the model's positions
+    and the context (at least one token) from the left to fit. Shared with the lm-eval wrapper."""
     limit = model.config.max_position_embeddings
-    conts = [tokenizer.encode(c, add_bos=False)[: limit - 1] for c in choices]
-    width = max(len(c) for c in conts)
-    context = tokenizer.encode(prompt)[-(limit - width):]
+    conts = [c[:limit] for c in conts]
+    width = max(1, *(len(c) for c in conts))
+    context = context[max(0, len(context) - (limit - width + 1)):]
     device = next(model.parameters()).device
-    out = model(torch.tensor([context], device=device), use_cache=True)
-    first = F.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
-    cache = [(k.expand(len(conts), -1, -1, -1), v.expand(len(conts), -1, -1, -1)) for k, v in out.past_key_values]
-    ids = torch.zeros(len(conts), width, dtype=torch.long)
-    for r, c in enumerate(conts):
-        ids[r, : len(c)] = torch.tensor(c)
-    rest = F.log_softmax(model(ids.to(device), past_key_values=cache).logits.float(), dim=-1).cpu()
+    out = model(torch.tensor([context], device=device), use_cache=width > 1)
+    first = F.log_softmax(out.logits[0, -1:].float(), dim=-1).cpu()
+    if width > 1:
+        cache = [(k.expand(len(conts), -1, -1, -1), v.expand(len(conts), -1, -1, -1))
+                 for k, v in out.past_key_values]
+        ids = torch.zeros(len(conts), width - 1, dtype=torch.long)
+        for r, c in enumerate(conts):
+            ids[r, : max(0, len(c) - 1)] = torch.tensor(c[:-1], dtype=torch.long)
+        rest = F.log_softmax(model(ids.to(device), past_key_values=cache).logits.float(), dim=-1).cpu()
     scores = []
     for r, c in enumerate(conts):
-        later = rest[r, : len(c) - 1].gather(-1, torch.tensor(c[1:])[:, None]).sum() if len(c) > 1 else 0.0
-        scores.append(float(first[c[0]] + later))
+        logp = torch.cat((first, rest[r, : len(c) - 1])) if len(c) > 1 else first[: len(c)]
+        target = torch.tensor(c, dtype=torch.long)
+        scores.append((float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
     return scores
+
+
+def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[float]:
+    """Summed log-likelihood of each choice's tokens after the prompt (see continuation_logliks)."""
+    conts = [tokenizer.encode(c, add_bos=False) for c in choices]
+    return [ll for ll, _ in continuation_logliks(model, tokenizer.encode(prompt), conts)]
 
 
 def score(model, tokenizer, docs: list[dict]) -> dict:
