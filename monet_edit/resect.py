@@ -8,6 +8,8 @@ Output directory (written atomically, never over the base):
   selection's metadata, so `load_model(base, mask=...)` reproduces this checkpoint.
 - config.json: the base config verbatim plus a `monet_edit` edit record (base, rule, params,
   counts, fraction, command, provenance; a base's own record is kept under `previous`).
+- the Python files that let `transformers` load the directory (monet_edit.remote_code; config.json
+  gets their `auto_map`), so the masks also apply under AutoModelForCausalLM(trust_remote_code=True).
 - tokenizer files, README.md (model card), manifest.json (sha256 of base weights, the mask file
   and every output file).
 """
@@ -20,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import atomic, checkpoint, modelcard, provenance
+from . import atomic, checkpoint, modelcard, provenance, remote_code
 from . import masks as masks_mod
 from .errors import UsageError
 
@@ -165,6 +167,7 @@ def resect(
     if "monet_edit" in raw_config:
         record["previous"] = raw_config["monet_edit"]
     raw_config["monet_edit"] = record
+    raw_config = remote_code.with_auto_map(raw_config)
     base_meta = checkpoint.file_metadata(checkpoint.weight_files(base)[0])
     base_meta.pop("monet_edit", None)
     with atomic.output_dir(out, force) as tmp:
@@ -180,6 +183,7 @@ def resect(
         for name in TOKENIZER_FILES:
             if (base / name).is_file():
                 shutil.copyfile(base / name, tmp / name)
+        remote_code.write(tmp)
         (tmp / "README.md").write_text(modelcard.render(record, config, out.name), encoding="utf-8")
         for f in sorted(tmp.iterdir()):
             if f.name not in hashes:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import atomic, provenance, tomlconfig
+from . import atomic, provenance, remote_code, tomlconfig
 from .config import MonetConfig
 from .console import err
 from .errors import UsageError
@@ -298,7 +298,8 @@ def training_card(record: dict) -> str:
 
 def write_model(model, data: TrainData, recipe: dict, out: Path, metrics: dict, force: bool,
                 train_info: dict) -> Path:
-    """Final checkpoint: bf16 safetensors, config.json, tokenizer.json, model card, training.json."""
+    """Final checkpoint: bf16 safetensors, config.json, tokenizer.json, model card, training.json and
+    the Python files that let `transformers` load it (monet_edit.remote_code)."""
     import shutil
 
     from safetensors.torch import save_file
@@ -307,8 +308,9 @@ def write_model(model, data: TrainData, recipe: dict, out: Path, metrics: dict, 
         sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() and ".router.norm" not in k else v).contiguous()
               for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        cfg = model.config.to_dict()
+        cfg = remote_code.with_auto_map(model.config.to_dict())
         cfg["torch_dtype"] = "bfloat16"
+        remote_code.write(tmp)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         shutil.copy(data.tokenizer_path, tmp / "tokenizer.json")
         record = dict(train_info, metrics=metrics, recipe=recipe, corpora=data.fingerprints,
