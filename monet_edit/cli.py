@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from .console import emit_json, err
+from .console import alert, emit_json, err
 from .errors import MonetEditError
 
 HELP = """Knowledge editing of Monet (Mixture of Monosemantic Experts) language models.
@@ -101,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: every expected failure becomes one line on stderr and an exit code."""
     from rich.markup import escape
 
+    from .distributed import error_prefix
+
     command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        command.main(args=argv, prog_name="monet-edit", standalone_mode=False)
+        command.main(args=args, prog_name="monet-edit", standalone_mode=False, obj={"argv": args})
     except MonetEditError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+        if not getattr(exc, "echoed_by_rank0", False):
+            alert.print(f"[red]error:[/] {error_prefix()}{escape(str(exc))}", markup=True, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("MONET_EDIT_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
+        alert.print(f"[red]internal error:[/] {error_prefix()}{type(exc).__name__}: {escape(str(exc))} "
                   "(set MONET_EDIT_DEBUG=1 for the traceback)", markup=True, soft_wrap=True)
         return 1
     return 0

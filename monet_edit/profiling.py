@@ -16,19 +16,22 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import atomic, checkpoint, corpora, provenance, scoring
+from . import atomic, checkpoint, corpora, distributed, provenance, scoring
 from .console import err
 from .errors import UsageError
+from .journal import Journal
 
 FORMAT = 1
 META_KEY = "monet_edit"
 HOLDOUT_EVERY = 5  # one profile-split document in five is held out (budget rule), never profiled
+SHARD_TOKENS = 1 << 20  # tokens per journalled shard: the unit of --resume and of rank hand-out
 
 
 @dataclass
@@ -125,9 +128,10 @@ def profile_rows(
     *,
     batch_size: int = 8,
     meta: dict | None = None,
-    progress: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Profile:
-    """Profile every token of `batch_rows` [N, T] (labels: per-token y [N, T] or None)."""
+    """Profile every token of `batch_rows` [N, T] (labels: per-token y [N, T] or None);
+    `on_batch(tokens)` is called after each batch (progress)."""
     cfg = model.config
     device = next(model.parameters()).device
     groups, E = cfg.num_groups, cfg.moe_experts
@@ -135,7 +139,6 @@ def profile_rows(
     totals = [torch.zeros(groups, E, E, dtype=torch.float64, device=device) for _ in range(k)]
     sum_y = sum_y2 = 0.0
     n = 0
-    bar = _progress(progress, batch_rows.numel())
     for start in range(0, batch_rows.shape[0], batch_size):
         ids = batch_rows[start : start + batch_size].to(device)
         routing: list = []
@@ -152,26 +155,104 @@ def profile_rows(
             for total, part in zip(totals, _stats(flat1, flat2, y), strict=True):
                 total[g] += part.double()
         n += ids.numel()
-        if bar is not None:
-            bar[0].update(bar[1], advance=ids.numel())
-    if bar is not None:
-        bar[0].stop()
+        if on_batch is not None:
+            on_batch(ids.numel())
     cpu = [t.cpu() for t in totals]
     if labels is None:
         return Profile(n, cpu[0], meta=dict(meta or {}, tokens=n))
     return Profile(n, cpu[0], cpu[1], cpu[2], sum_y, sum_y2, dict(meta or {}, tokens=n))
 
 
-def _progress(label: str | None, total: int):
-    """A rich progress bar on stderr, only when stderr is a terminal."""
-    if label is None or not sys.stderr.isatty():
-        return None
-    from rich.progress import Progress
+class _Bar:
+    """A rich progress bar of global tokens on stderr: rank 0 only, and only on a terminal."""
 
-    bar = Progress(console=err, transient=True)
-    task = bar.add_task(label, total=total)
-    bar.start()
-    return bar, task
+    def __init__(self, label: str, total: int, group: distributed.Group) -> None:
+        self.bar = None
+        self.world = group.world
+        if group.main and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(console=err, transient=True)
+            self.task = self.bar.add_task(label, total=total)
+            self.bar.start()
+
+    def estimate(self, local_tokens: int) -> None:
+        """Within a shard: this rank's tokens times the ranks (the others work in step)."""
+        if self.bar is not None:
+            self.bar.update(self.task, advance=local_tokens * self.world)
+
+    def exact(self, global_tokens: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=global_tokens)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _reduce(local: Profile, group: distributed.Group) -> Profile:
+    """The sum of every rank's `local` profile, on every rank."""
+    tensors = [local.S] + ([local.S2, local.SY] if local.labelled else [])
+    summed = group.sum(tensors)
+    n, sum_y, sum_y2 = group.sum_numbers([local.n, local.sum_y or 0.0, local.sum_y2 or 0.0])
+    if not local.labelled:
+        return Profile(int(n), summed[0], meta=local.meta)
+    return Profile(int(n), summed[0], summed[1], summed[2], sum_y, sum_y2, local.meta)
+
+
+def shard_rows(shard_tokens: int, seq_len: int, batch_size: int) -> int:
+    """Rows per shard: about `shard_tokens` tokens, a whole number of batches (so every rank
+    count runs exactly the batches one process would)."""
+    return max(1, shard_tokens // (seq_len * batch_size)) * batch_size
+
+
+def profile_sharded(
+    model,
+    batch_rows: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    batch_size: int = 8,
+    rows_per_shard: int | None = None,
+    group: distributed.Group | None = None,
+    journal: Journal | None = None,
+    meta: dict | None = None,
+    progress: str | None = None,
+) -> Profile | None:
+    """Profile `batch_rows` shard by shard, data-parallel over the group's ranks.
+
+    Each shard's batches are dealt round-robin to the ranks and their sums all-reduced; rank 0
+    adds the shards in order (so the result does not depend on the number of ranks beyond float
+    rounding) and records each one in `journal`, whose completed shards are reused. Returns the
+    profile on rank 0 and None elsewhere."""
+    group = group or distributed.group()
+    meta = dict(meta or {})
+    total_rows = batch_rows.shape[0]
+    per = rows_per_shard or total_rows
+    bar = _Bar(progress or "profiling", batch_rows.numel(), group)
+    total: Profile | None = None
+    try:
+        for shard in range(-(-total_rows // per)):
+            name = f"shard-{shard:05d}.safetensors"
+            if journal is not None and journal.has(name):
+                part = load(journal.path(name), model_fingerprint=meta.get("model_fingerprint")) \
+                    if group.main else None
+            else:
+                lo = shard * per
+                mine = torch.tensor(group.take(min(per, total_rows - lo), batch_size), dtype=torch.long) + lo
+                local = profile_rows(model, batch_rows[mine], None if labels is None else labels[mine],
+                                     batch_size=batch_size, meta=meta, on_batch=bar.estimate)
+                part = _reduce(local, group)
+                if journal is not None and group.main:
+                    journal.write(name, serialise(Profile(part.n, part.S, part.S2, part.SY, part.sum_y,
+                                                          part.sum_y2, dict(meta, shard=shard))))
+            if group.main:
+                total = part if total is None else total + part
+                bar.exact(total.n)
+    finally:
+        bar.stop()
+    if total is None:
+        return None
+    return Profile(total.n, total.S, total.S2, total.SY, total.sum_y, total.sum_y2, dict(meta, tokens=total.n))
 
 
 def labelled_stream(
@@ -204,9 +285,13 @@ def profile_corpus(
     batch_size: int = 8,
     labels: bool = False,
     meta: dict,
-) -> Profile:
+    shard_tokens: int | None = None,
+    group: distributed.Group | None = None,
+    journal: Journal | None = None,
+) -> Profile | None:
     """Profile up to `tokens` tokens of `docs` in rows of `seq_len` (a tail shorter than a row is
-    dropped). With `labels`, each token's y is the weak toxicity score of its word."""
+    dropped). With `labels`, each token's y is the weak toxicity score of its word. Sharded and
+    data-parallel as profile_sharded (None on ranks other than 0)."""
     name = meta.get("corpus", "corpus")
     if tokens < seq_len:
         raise UsageError(f"--tokens {tokens} is smaller than one row of --seq-len {seq_len}")
@@ -223,9 +308,9 @@ def profile_corpus(
     record = dict(
         meta, tokens_requested=tokens, seq_len=seq_len, labelled=labels, provenance=provenance.record()
     )
-    return profile_rows(
-        model, batch_rows, y, batch_size=batch_size, meta=record, progress=f"profiling {name}"
-    )
+    per = shard_rows(shard_tokens, seq_len, batch_size) if shard_tokens else None
+    return profile_sharded(model, batch_rows, y, batch_size=batch_size, rows_per_shard=per, group=group,
+                           journal=journal, meta=record, progress=f"profiling {name}")
 
 
 # ---------------------------------------------------------------------------- files
@@ -233,6 +318,11 @@ def profile_corpus(
 
 def save(profile: Profile, path: str | Path) -> Path:
     """Write a profile atomically; the same profile always gives the same bytes."""
+    return atomic.write_bytes(path, serialise(profile))
+
+
+def serialise(profile: Profile) -> bytes:
+    """A profile file's bytes (deterministic: sorted metadata, float64 tensors)."""
     from safetensors.torch import save as st_save
 
     tensors = {"S": profile.S}
@@ -246,8 +336,7 @@ def save(profile: Profile, path: str | Path) -> Path:
         "sum_y2": profile.sum_y2,
         "meta": profile.meta,
     }
-    data = st_save(tensors, metadata={META_KEY: json.dumps(head, sort_keys=True)})
-    return atomic.write_bytes(path, data)
+    return st_save(tensors, metadata={META_KEY: json.dumps(head, sort_keys=True)})
 
 
 def load(path: str | Path, *, model_fingerprint: str | None = None, config=None) -> Profile:
@@ -341,27 +430,40 @@ def ensure_profiles(
     out_dir: str | Path | None = None,
     device: Any = None,
     quiet: bool = False,
+    resume: bool = False,
+    shard_tokens: int = SHARD_TOKENS,
 ) -> dict[str, Path]:
     """Profile each corpus's profile split (fit part) unless a profile for the same model
-    fingerprint, corpus fingerprint, tokens and seq_len already exists; {name as given: path}."""
+    fingerprint, corpus fingerprint, tokens and seq_len already exists; {name as given: path}.
+
+    Under torchrun every rank calls this: the shards are shared out, rank 0 writes. Completed
+    shards are journalled beside the profile; `resume` reuses those of an interrupted run."""
     from .loading import load_model, load_tokenizer
 
+    group = distributed.group()
     directory = checkpoint.resolve(model_source)
     model_fp = checkpoint.model_fingerprint(directory)
     out = Path(out_dir) if out_dir is not None else default_dir()
-    built = {name: open_corpus(name) for name in corpus_names}
+    built = group.first(lambda: {name: open_corpus(name) for name in corpus_names})
     model = tokenizer = None
     paths: dict[str, Path] = {}
     reused: list[str] = []
     for key, corpus in built.items():
         path = profile_path(out, corpus, model_fp, tokens, seq_len)
-        if path.is_file():
-            load(path, model_fingerprint=model_fp)  # a damaged cache file fails here, with its name
+        paths[key] = path
+        if group.on_main(lambda path=path: _cached(path, model_fp)):
             reused.append(corpus.spec.name)
-            paths[key] = path
             continue
         if model is None:
-            model, tokenizer = load_model(directory, device=device), load_tokenizer(directory)
+            dev = distributed.rank_device(device, group)
+            model, tokenizer = load_model(directory, device=dev), load_tokenizer(directory)
+        labels = corpus.spec.kind == "toxicity"
+        per_shard = shard_rows(shard_tokens, seq_len, batch_size)
+        job = {"model_fingerprint": model_fp, "corpus_fingerprint": corpus.fingerprint, "tokens": tokens,
+               "seq_len": seq_len, "batch_size": batch_size, "shard_rows": per_shard, "labelled": labels}
+        journal = Journal(path, job, group, resume=resume)
+        if journal.note and not quiet:
+            err.print(f"profile {corpus.spec.name}: {journal.note}", soft_wrap=True)
         fit, _ = split_profile_docs(corpus.load("profile"))
         resolved = str(Path(key).expanduser().resolve())
         ref = resolved if corpus.spec.source == resolved else corpus.spec.name  # user corpora: their path
@@ -376,28 +478,32 @@ def ensure_profiles(
             "docs": f"fit ({HOLDOUT_EVERY - 1} in {HOLDOUT_EVERY} documents)",
         }
         started = time.perf_counter()
-        prof = profile_corpus(
-            model,
-            tokenizer,
-            fit,
-            tokens=tokens,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            labels=corpus.spec.kind == "toxicity",
-            meta=meta,
-        )
+        prof = profile_corpus(model, tokenizer, fit, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
+                              labels=labels, meta=meta, shard_tokens=shard_tokens, group=group,
+                              journal=journal)
         seconds = time.perf_counter() - started
-        save(prof, path)
-        if not quiet:
-            err.print(
-                f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s "
-                f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}",
-                soft_wrap=True,
-            )
-        paths[key] = path
+        if group.main:
+            save(prof, path)
+            journal.finish()
+            if not quiet:
+                ranks = f" on {group.world} ranks" if group.world > 1 else ""
+                err.print(
+                    f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s{ranks} "
+                    f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}",
+                    soft_wrap=True,
+                )
+    group.barrier()  # the profiles exist before any rank moves on
     if reused and not quiet:
         err.print(f"reused {len(reused)} profile(s) from {out}: {', '.join(reused)}", soft_wrap=True)
     return paths
+
+
+def _cached(path: Path, model_fp: str) -> bool:
+    """True when a valid profile is already at `path` (a damaged cache file fails, with its name)."""
+    if not path.is_file():
+        return False
+    load(path, model_fingerprint=model_fp)
+    return True
 
 
 def summary(profile: Profile, top: int = 5) -> list[dict]:

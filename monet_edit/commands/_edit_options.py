@@ -37,6 +37,22 @@ RETAIN_BUDGET = typer.Option(
     0.02, "--retain-budget", help="budget: allowed relative loss rise on retain documents (0.02 = 2%)."
 )
 JSON_OUT = typer.Option(False, "--json", help="Print JSON on stdout.")
+DEVICE = typer.Option(None, "--device", help="cpu (default) or cuda (under torchrun: each rank's own GPU).")
+NPROC = typer.Option(
+    None, "--nproc", help="Run data-parallel on N local ranks (launches torchrun --standalone for you)."
+)
+RESUME = typer.Option(
+    False, "--resume", help="Keep the shards an interrupted run completed (default: start over)."
+)
+
+
+def maybe_launch(ctx: typer.Context, nproc: int | None) -> None:
+    """With --nproc N > 1 outside torchrun, run this same command on N ranks and exit with their code."""
+    from .. import distributed
+
+    if distributed.should_launch(nproc):
+        args = (ctx.obj or {}).get("argv", sys.argv[1:])
+        raise typer.Exit(distributed.launch(nproc, args))
 
 
 def command_line() -> str:

@@ -11,6 +11,7 @@ ORDER = 20
 
 
 def profile(
+    ctx: typer.Context,
     domain: str = opt.DOMAIN,
     language: str = opt.LANGUAGE,
     toxicity: bool = opt.TOXICITY,
@@ -22,19 +23,36 @@ def profile(
     out: str = typer.Option(
         None, "--out", help="Directory for the profiles (default $MONET_EDIT_HOME/profiles)."
     ),
+    device: str = opt.DEVICE,
+    nproc: int = opt.NPROC,
+    resume: bool = opt.RESUME,
+    shard_tokens: int = typer.Option(
+        1 << 20, "--shard-tokens", min=1, help="Tokens per shard (the unit of --resume and of rank hand-out)."
+    ),
     json_out: bool = opt.JSON_OUT,
 ) -> None:
     """Profile the target's profile split and, for --domain/--language, every sibling corpus.
 
     Profiles already computed for the same model, corpus, --tokens and --seq-len are reused.
+    Data-parallel under torchrun (or --nproc N); completed shards survive a crash (--resume).
     """
-    from .. import profiling, targets
+    from .. import checkpoint, distributed, loading, profiling, targets
 
     target = targets.resolve(domain, language, toxicity, corpus)
     names = target.corpora if target.kind in ("domain", "language") else [target.name]
+    if not distributed.launched():  # bad input fails here once, not once per rank
+        checkpoint.resolve(model)
+        loading.parse_device(device)
+        for name in names:
+            profiling.open_corpus(name)
+    opt.maybe_launch(ctx, nproc)
+    group = distributed.init(device, nproc)
     paths = profiling.ensure_profiles(
-        model, names, tokens=tokens, seq_len=seq_len, batch_size=batch_size, out_dir=out
+        model, names, tokens=tokens, seq_len=seq_len, batch_size=batch_size, out_dir=out, device=device,
+        resume=resume, shard_tokens=shard_tokens,
     )
+    if not group.main:
+        return
     loaded = {name: profiling.load(path) for name, path in paths.items()}
     main = loaded[target.name]
     groups = profiling.summary(main)

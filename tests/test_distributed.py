@@ -1,0 +1,217 @@
+"""Data-parallel profile and eval under torchrun (gloo, 2 CPU ranks): the same numbers as one
+process, a killed rank leaves no output, and --resume continues from the journalled shards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from clirun import cli
+from helpers import random_mask, write_tiny_checkpoint
+
+from monet_edit import checkpoint, distributed, journal, profiling
+from monet_edit.cli import main
+
+PROFILE = ["--tokens", "6000", "--seq-len", "32", "--batch-size", "4", "--shard-tokens", "512"]
+EVAL = ["--target", "law", "--suite", "loss,mcq,toxicity", "--tokens", "1500", "--seq-len", "32",
+        "--batch-size", "4", "--mcq-items", "5", "--prompts", "3", "--samples", "2", "--max-new-tokens", "6"]
+
+
+def _profiles(directory: Path) -> dict[str, profiling.Profile]:
+    return {p.name: profiling.load(p) for p in sorted(directory.glob("*.profile.safetensors"))}
+
+
+def _same_profile(a: profiling.Profile, b: profiling.Profile) -> None:
+    assert a.n == b.n and a.labelled == b.labelled
+    for x, y in [(a.S, b.S), (a.S2, b.S2), (a.SY, b.SY)]:
+        if x is not None:
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=0)  # float64 sums in another order
+    if a.labelled:
+        assert a.sum_y == pytest.approx(b.sum_y, rel=1e-12) and a.sum_y2 == pytest.approx(b.sum_y2, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def user_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "notes.txt"
+    path.write_text("\n\n".join(f"note {i}: " + f"def f(x): return x * {i} and the law of the land " * 12
+                                for i in range(300)))
+    return path
+
+
+@pytest.mark.parametrize("target", ["corpus", "toxicity"])
+def test_profile_on_two_ranks_equals_one_process(tiny_ckpt, user_corpus, tmp_path, target):
+    args = ["--corpus", str(user_corpus)] if target == "corpus" else ["--toxicity"]
+    common = ["profile", *args, "--model", str(tiny_ckpt), *PROFILE]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    res = cli(*common, "--out", tmp_path / "two", "--nproc", "2")
+    assert res.code == 0, res.stderr
+    assert "on 2 ranks" in res.stderr and "Traceback" not in res.stderr
+    one, two = _profiles(tmp_path / "one"), _profiles(tmp_path / "two")
+    assert list(one) == list(two) and len(one) == 1
+    for name in one:
+        _same_profile(one[name], two[name])
+        assert one[name].labelled == (target == "toxicity")
+        assert one[name].n > 10 * 512  # several shards were dealt out
+    assert not list((tmp_path / "two").glob(".*"))  # journal removed once the profile is published
+
+
+@pytest.fixture(scope="module")
+def edited(tmp_path_factory, tiny_ckpt) -> Path:
+    """tiny_ckpt's weights with 20% of the experts masked: a real before/after difference."""
+    mask = random_mask(checkpoint.load_config(tiny_ckpt), 0.2, seed=3)
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("edited") / "edited", masks=mask)
+
+
+def _numbers(results: dict) -> dict:
+    return {k: results[k] for k in ("loss", "mcq", "toxicity", "summary")}
+
+
+def _close(a, b) -> None:
+    """Equal, except floats may differ in the last bits (summation order over ranks)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _close(a[k], b[k])
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-15)
+    else:
+        assert a == b
+
+
+def test_eval_on_two_ranks_equals_one_process_and_repeats(tiny_ckpt, edited, tmp_path):
+    common = ["eval", "--model", str(edited), "--base", str(tiny_ckpt), *EVAL]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--out", str(tmp_path / "again")]) == 0
+    # determinism: the same command twice writes the same bytes (numbers, seeds, provenance)
+    assert (tmp_path / "one" / "results.json").read_bytes() == (tmp_path / "again" / "results.json").read_bytes()
+    res = cli(*common, "--out", tmp_path / "two", "--nproc", "2", "--json")
+    assert res.code == 0, res.stderr
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert json.loads(res.stdout)["summary"] == two["summary"]  # one JSON document: rank 0's
+    assert (one["ranks"], two["ranks"]) == (1, 2)
+    assert one["summary"]["experts_masked"] > 0
+    assert one["loss"]["law"]["after"]["loss"] != one["loss"]["law"]["before"]["loss"]
+    _close(_numbers(one), _numbers(two))
+    assert "data-parallel on 2 ranks (gloo)" in res.stderr
+    assert res.stderr.count("wrote ") == 1  # rank 0 alone prints and writes
+
+
+def _descendant_with_rank(root: int, rank: int) -> int | None:
+    """The pid of the torchrun worker below `root` whose environment says RANK=`rank`."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    for pid in parents:
+        up = pid
+        while up in parents and up != root:
+            up = parents[up]
+        if up != root or pid == root:
+            continue
+        try:
+            env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+def test_killed_rank_leaves_no_output_and_resume_continues(tiny_ckpt, user_corpus, tmp_path):
+    out = tmp_path / "two"
+    args = ["profile", "--corpus", str(user_corpus), "--model", str(tiny_ckpt), "--tokens", "30000",
+            "--seq-len", "32", "--batch-size", "2", "--shard-tokens", "128", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "monet_edit", *args, "--nproc", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 120
+    shards: list[Path] = []
+    while time.monotonic() < deadline and len(shards) < 3:
+        time.sleep(0.2)
+        shards = [p for d in out.glob(".*.partial") for p in d.glob("shard-*.safetensors")]
+    victim = _descendant_with_rank(proc.pid, 1)
+    assert victim is not None and len(shards) >= 3, "the job did not get going"
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "rank 1 was killed by SIGKILL" in stderr and "no output was written" in stderr
+    assert "Traceback" not in stderr
+    assert not list(out.glob("*.profile.safetensors"))  # nothing that looks like a profile
+    kept = [p for d in out.glob(".*.partial") for p in d.glob("shard-*.safetensors")]
+    assert len(kept) >= 3
+
+    res = cli(*args, "--nproc", "2", "--resume")
+    assert res.code == 0, res.stderr
+    assert f"resuming: {len(kept)} completed part(s) kept" in res.stderr
+    assert main([*args[:-1], str(tmp_path / "one")]) == 0  # uninterrupted, one process
+    (a,), (b,) = _profiles(out).values(), _profiles(tmp_path / "one").values()
+    _same_profile(a, b)
+
+
+def test_eval_resume_keeps_finished_suites(tiny_ckpt, edited, tmp_path, capsys):
+    """A crash after the base model's suites: --resume reuses them, the numbers are unchanged."""
+    common = ["eval", "--model", str(edited), "--base", str(tiny_ckpt), *EVAL]
+    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "res"
+    proc = subprocess.Popen([sys.executable, "-m", "monet_edit", *common, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part = journal.location(out) / "before-toxicity.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not part.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert part.exists() and not out.exists()
+    capsys.readouterr()
+    assert main([*common, "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming: " in err and "kept from the interrupted run" in err
+    assert not journal.location(out).exists()
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    resumed = json.loads((out / "results.json").read_text())
+    assert _numbers(whole) == _numbers(resumed)
+
+
+def test_resume_ignores_parts_of_another_job(tmp_path):
+    group = distributed.Group()
+    out = tmp_path / "x.profile.safetensors"
+    j = journal.Journal(out, {"tokens": 1}, group, resume=False)
+    j.write("shard-00000.safetensors", b"data")
+    assert journal.Journal(out, {"tokens": 1}, group, resume=True).has("shard-00000.safetensors")
+    other = journal.Journal(out, {"tokens": 2}, group, resume=True)
+    assert not other.has("shard-00000.safetensors") and "different job" in other.note
+    fresh = journal.Journal(out, {"tokens": 2}, group, resume=False)
+    assert fresh.kept == [] and not fresh.path("shard-00000.safetensors").exists()
+    fresh.finish()
+    assert not journal.location(out).exists()
+
+
+@pytest.mark.parametrize("count,batch,world", [(10, 3, 2), (7, 1, 3), (4, 8, 2), (0, 2, 2)])
+def test_ranks_take_whole_batches_that_cover_everything_once(count, batch, world):
+    shares = [distributed.Group(rank, world).take(count, batch) for rank in range(world)]
+    assert sorted(i for s in shares for i in s) == list(range(count))
+    batches = [list(range(b * batch, min(count, (b + 1) * batch))) for b in range(-(-count // batch))]
+    for rank, share in enumerate(shares):  # batch b, whole, on rank b % world
+        assert share == [i for b, items in enumerate(batches) if b % world == rank for i in items]
+
+
+def test_nproc_must_match_the_torchrun_job(tiny_ckpt, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    code = main(["profile", "--toxicity", "--model", str(tiny_ckpt), "--nproc", "2"])
+    assert code == 2
+    assert "--nproc 2 but torchrun started 3 ranks" in capsys.readouterr().err
+
+
+def test_nproc_zero_is_a_usage_error(capsys):
+    assert main(["profile", "--toxicity", "--nproc", "0"]) == 2
+    assert "--nproc must be at least 1" in capsys.readouterr().err
