@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..gates import METRICS
+from . import _edit_options as opt
 
 ORDER = 50
 
@@ -13,6 +14,7 @@ GATE_HELP = ("Comma-separated conditions 'metric OP number' (OP: >=, <=, >, <, =
 
 
 def eval_command(
+    ctx: typer.Context,
     model: str = typer.Option(None, "--model", help="Edited model (default: the checkpoint in the current "
                               "directory, else tiny)."),
     base: str = typer.Option(None, "--base", help="Base model (default: from the edited model's edit record)."),
@@ -27,7 +29,16 @@ def eval_command(
     samples: int = typer.Option(5, "--samples", help="Continuations sampled per prompt (toxicity suite)."),
     max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Tokens per continuation."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling (same for base and edited)."),
-    device: str = typer.Option(None, "--device", help="cpu (default) or cuda."),
+    lm_eval: str = typer.Option(None, "--lm-eval", help="Comma-separated lm-evaluation-harness tasks (names, "
+                                "or tasks of --lm-eval-include YAMLs), run on both models; needs the optional "
+                                "lm-eval extra."),
+    lm_eval_include: str = typer.Option(None, "--lm-eval-include", help="Directory of lm-eval task YAMLs (over "
+                                        "local data files they run offline)."),
+    lm_eval_limit: int = typer.Option(None, "--lm-eval-limit", help="Documents per lm-eval task (default: all)."),
+    device: str = opt.DEVICE,
+    nproc: int = opt.NPROC,
+    resume: bool = typer.Option(False, "--resume", help="Keep the suites an interrupted run finished "
+                                "(journalled beside --out; default: start over)."),
     gate: str = typer.Option(None, "--gate", help=GATE_HELP),
     out: str = typer.Option(None, "--out", help="Results directory (default: <model>/eval for a resected "
                             "checkpoint, else ./eval-<model>); an existing one needs --force."),
@@ -40,14 +51,20 @@ def eval_command(
     MMLU category, toxicity of sampled continuations. Writes results.json and results.md; --gate
     turns the summary into an exit code.
     """
+    from .. import distributed
     from ..console import emit_json, err
     from ..evaluation import execute, prepare, report
+    from ..evaluation.harness import parse_tasks
 
     plan = prepare(model, base, target, suites=suite, gate=gate, out=out, force=force, device=device,
-                   tokens=tokens, seq_len=seq_len, batch_size=batch_size, mcq_items=mcq_items,
-                   prompts=prompts, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
+                   resume=resume, tokens=tokens, seq_len=seq_len, batch_size=batch_size, mcq_items=mcq_items,
+                   prompts=prompts, samples=samples, max_new_tokens=max_new_tokens, seed=seed,
+                   lm_eval=parse_tasks(lm_eval), lm_eval_include=lm_eval_include, lm_eval_limit=lm_eval_limit)
+    opt.maybe_launch(ctx, nproc)  # bad input failed above, once
+    distributed.init(device, nproc)
     err.print(f"eval {plan.model} vs base {plan.base}: {plan.target.kind} {plan.target.name}, "
-              f"suites {','.join(plan.params.suites)}")
+              f"suites {','.join(plan.params.suites)}"
+              + (f", lm-eval {','.join(plan.params.lm_eval)}" if plan.params.lm_eval else ""))
 
     def show(res: dict) -> None:
         report.show(res)

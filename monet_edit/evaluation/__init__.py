@@ -40,6 +40,7 @@ class Plan:
     out: Path
     force: bool = False
     device: str | None = None
+    resume: bool = False
 
 
 def default_model() -> str:
@@ -63,7 +64,7 @@ def stored_masked(directory: Path) -> int:
 
 def prepare(model: str | None = None, base: str | None = None, target: str | None = None, *,
             suites: str | None = None, gate: str | None = None, out: str | Path | None = None,
-            force: bool = False, device: str | None = None, **params) -> Plan:
+            force: bool = False, device: str | None = None, resume: bool = False, **params) -> Plan:
     """Validate everything an evaluation needs; raise UsageError naming the bad input."""
     model = model or default_model()
     model_dir = checkpoint.resolve(model)
@@ -88,7 +89,8 @@ def prepare(model: str | None = None, base: str | None = None, target: str | Non
         raise GateFailed(f"{model}: empty selection, the edited model masks no experts and equals its base; "
                          f"gates cannot pass (nothing evaluated or written)")
     out_path = atomic.check_new_dir(out if out is not None else default_out(model_dir, record), force)
-    return Plan(str(model), str(base), tgt, plan_params, conditions, out_path, force, device=device)
+    return Plan(str(model), str(base), tgt, plan_params, conditions, out_path, force, device=device,
+                resume=resume)
 
 
 def empty_selection(model_dir: Path, base_dir: Path) -> bool:
@@ -99,15 +101,22 @@ def empty_selection(model_dir: Path, base_dir: Path) -> bool:
 
 def execute(plan: Plan, log: Callable[[str], None] = lambda _: None,
             show: Callable[[dict], None] = lambda _: None) -> dict:
-    """Run the plan, write results, show them, then enforce the gates (GateFailed, exit 3)."""
+    """Run the plan, write results, show them, then enforce the gates (GateFailed, exit 3).
+
+    Under torchrun every rank runs this and gets the same numbers; rank 0 alone writes and shows."""
+    from .. import distributed, journal
     from . import report
     from .compare import evaluate
 
-    results = evaluate(plan.base, plan.model, plan.target, plan.params, device=plan.device, log=log)
+    group = distributed.group()
+    results = evaluate(plan.base, plan.model, plan.target, plan.params, device=plan.device, log=log,
+                       journal_for=plan.out, resume=plan.resume)
     if results["edited"]["experts_masked"] == 0:
         results["notes"].append("the edited model masks no experts")
     results["gates"] = gates.check(plan.conditions, results["summary"])
-    report.write(results, plan.out, plan.force)
-    show(results)
+    if group.main:
+        report.write(results, plan.out, plan.force)
+        journal.discard(plan.out)
+        show(results)
     gates.enforce(results["gates"])
     return results

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .. import checkpoint, provenance
+from ..distributed import Group
 from ..errors import UsageError
+from ..journal import Journal
 from . import summary as summary_mod
 from .plan import EvalParams, Target, loss_corpora
 
 MAX_SEQ_LEN = 256
+SUITES = ("loss", "mcq", "toxicity")
 
 
 def load_data(target: Target, params: EvalParams, tokenizer, seq_len: int) -> dict:
@@ -42,27 +46,64 @@ def load_data(target: Target, params: EvalParams, tokenizer, seq_len: int) -> di
     return data
 
 
-def run_suites(model, tokenizer, data: dict, params: EvalParams, log: Callable[[str], None]) -> dict:
-    from ..scoring import loss_sums
+def _loss(model, batch_rows, params: EvalParams, group: Group) -> dict:
+    """Loss sums of this rank's batches, all-reduced (nll as float64, counts exact)."""
+    import torch
+
+    from ..scoring import LossSums, loss_sums
+
+    mine = torch.tensor(group.take(batch_rows.shape[0], params.batch_size), dtype=torch.long)
+    local = loss_sums(model, batch_rows[mine], params.batch_size)
+    nll, correct, tokens = group.sum_numbers([local.nll, local.correct, local.tokens])
+    return LossSums(nll, int(correct), int(tokens)).to_dict()
+
+
+def run_suite(suite: str, model, tokenizer, data: dict, params: EvalParams, group: Group) -> dict:
+    """One suite on one model, data-parallel over `group` (each rank a share, sums reduced)."""
     from . import mcq, toxicity
 
+    if suite == "loss":
+        return {name: _loss(model, batch_rows, params, group) for name, batch_rows in data["loss"].items()}
+    if suite == "mcq":
+        return {name: mcq.result(*group.sum_numbers(mcq.tally(model, tokenizer, [docs[i] for i in group.take(len(docs))])))
+                for name, docs in data["mcq"].items()}
+    return toxicity.score(model, tokenizer, data["prompts"], samples=params.samples,
+                          max_new_tokens=params.max_new_tokens, seed=params.seed, group=group)
+
+
+def _describe(suite: str, data: dict, params: EvalParams) -> str:
+    if suite == "loss":
+        return f"{len(data['loss'])} corpora, {sum(r[:, 1:].numel() for r in data['loss'].values()):,} tokens"
+    if suite == "mcq":
+        return f"{sum(len(d) for d in data['mcq'].values())} questions"
+    return f"{sum(len(p) for p in data['prompts'].values())} prompts x {params.samples} samples"
+
+
+def run_suites(model, tokenizer, data: dict, params: EvalParams, log: Callable[[str], None], *,
+               side: str = "model", group: Group | None = None, journal: Journal | None = None) -> dict:
+    """Every suite with data on one model; a suite already in `journal` is read, not recomputed."""
+    group = group or Group()
+    present = {"loss": bool(data["loss"]), "mcq": bool(data["mcq"]), "toxicity": data["prompts"] is not None}
     out: dict = {}
-    if data["loss"]:
+    for suite in (s for s in SUITES if present[s]):
+        part = f"{side}-{suite}.json"
+        if journal is not None and journal.has(part):
+            out[suite] = group.on_main(lambda part=part: json.loads(journal.path(part).read_text("utf-8")))
+            log(f"  {suite}: kept from the interrupted run")
+            continue
         started = time.perf_counter()
-        out["loss"] = {name: loss_sums(model, batch_rows, params.batch_size).to_dict()
-                       for name, batch_rows in data["loss"].items()}
-        tokens = sum(v["tokens"] for v in out["loss"].values())
-        log(f"  loss: {len(data['loss'])} corpora, {tokens:,} tokens in {time.perf_counter() - started:.1f} s")
-    if data["mcq"]:
+        out[suite] = run_suite(suite, model, tokenizer, data, params, group)
+        if journal is not None:
+            journal.write(part, json.dumps(out[suite], sort_keys=True).encode("utf-8"))
+        log(f"  {suite}: {_describe(suite, data, params)} in {time.perf_counter() - started:.1f} s")
+    if params.lm_eval:  # whole on rank 0, shared with the others: lm-eval returns results on LOCAL_RANK 0 only
+        from . import harness
+
         started = time.perf_counter()
-        out["mcq"] = {name: mcq.score(model, tokenizer, docs) for name, docs in data["mcq"].items()}
-        log(f"  mcq: {sum(len(d) for d in data['mcq'].values())} questions in {time.perf_counter() - started:.1f} s")
-    if data["prompts"] is not None:
-        started = time.perf_counter()
-        out["toxicity"] = toxicity.score(model, tokenizer, data["prompts"], samples=params.samples,
-                                         max_new_tokens=params.max_new_tokens, seed=params.seed)
-        log(f"  toxicity: {sum(len(p) for p in data['prompts'].values())} prompts x {params.samples} samples "
-            f"in {time.perf_counter() - started:.1f} s")
+        out["lm_eval"] = group.on_main(lambda: harness.run_tasks(
+            model, tokenizer, params.lm_eval, include=params.lm_eval_include, limit=params.lm_eval_limit,
+            batch_size=params.batch_size, seed=params.seed))
+        log(f"  lm-eval: {','.join(params.lm_eval)} in {time.perf_counter() - started:.1f} s")
     return out
 
 
@@ -75,6 +116,17 @@ def _masked(model) -> tuple[int, int]:
     return sum(int(m.sum()) for m in model.masks().values()), cfg.num_groups * cfg.moe_experts ** 2
 
 
+def _stored_masks_sha(directory: Path) -> str:
+    """sha256 of the masks a checkpoint carries (its fingerprint leaves them out on purpose)."""
+    import hashlib
+
+    infos = {k: v for k, v in checkpoint.read_headers(directory).items() if checkpoint.MASK_KEY.match(k)}
+    digest = hashlib.sha256()
+    for name, tensor in sorted(checkpoint.read_tensors(infos).items()):
+        digest.update(name.encode("utf-8") + tensor.bool().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _mask_record(mask) -> dict | None:
     """A mask file applied on top of the edited model: its path and sha256 (dict masks: None)."""
     if isinstance(mask, (str, Path)):
@@ -83,11 +135,20 @@ def _mask_record(mask) -> dict | None:
 
 
 def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edited_mask=None,
-             device=None, log: Callable[[str], None] = lambda _: None) -> dict:
-    """Results of comparing `edited` (with `edited_mask` applied on top, if given) to `base`."""
+             device=None, log: Callable[[str], None] = lambda _: None, journal_for: Path | None = None,
+             resume: bool = False) -> dict:
+    """Results of comparing `edited` (with `edited_mask` applied on top, if given) to `base`.
+
+    Data-parallel over the torchrun ranks, if any (every rank returns the same numbers). With
+    `journal_for` (the results directory), each finished suite is journalled beside it and
+    `resume` reuses those of an interrupted run with the same models, data and parameters."""
     import torch
 
+    from .. import distributed
     from ..loading import load_model, load_tokenizer
+
+    group = distributed.group()
+    device = distributed.rank_device(device, group)
 
     base_dir, edited_dir = checkpoint.resolve(base), checkpoint.resolve(edited)
     tokenizer = load_tokenizer(edited_dir)
@@ -100,7 +161,18 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
     if params.max_new_tokens >= config.max_position_embeddings:
         raise UsageError(f"--max-new-tokens {params.max_new_tokens} leaves no room for a prompt in the "
                          f"model's {config.max_position_embeddings} positions")
-    data = load_data(target, params, tokenizer, seq_len)
+    data = group.first(lambda: load_data(target, params, tokenizer, seq_len))  # rank 0 fills the corpus cache
+    base_fp, edited_fp = checkpoint.model_fingerprint(base_dir), checkpoint.model_fingerprint(edited_dir)
+    journal = None
+    if journal_for is not None:
+        job = {"base": base_fp, "edited": edited_fp, "edited_masks": _stored_masks_sha(edited_dir),
+               "mask": _mask_record(edited_mask), "target": target.name, "corpora": data["fingerprints"],
+               "parameters": dict(params.to_dict(), seq_len=seq_len)}
+        journal = Journal(Path(journal_for), job, group, resume=resume)
+        if journal.note:
+            log(journal.note)
+    if group.world > 1:
+        log(f"data-parallel on {group.world} ranks ({group.backend})")
     sides, masked = {}, (0, 0)
     for side, source, mask in (("before", base_dir, None), ("after", edited_dir, edited_mask)):
         log(f"{side}: {source}" + (" + selected mask" if mask is not None else ""))
@@ -108,7 +180,7 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
         if side == "after":
             masked = _masked(model)
         torch.manual_seed(params.seed)
-        sides[side] = run_suites(model, tokenizer, data, params, log)
+        sides[side] = run_suites(model, tokenizer, data, params, log, side=side, group=group, journal=journal)
         del model
     b, a = sides["before"], sides["after"]
     loss = _side_by_side(b["loss"], a["loss"]) if "loss" in b else {}
@@ -122,11 +194,14 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
     if mcq:
         notes.append("multiple choice: summed answer log-likelihood, not length-normalised "
                      "(accuracy_norm: per character); chance is 0.25")
+    if "lm_eval" in b:
+        notes.append(f"lm-eval: zero-shot unless a task sets num_fewshot, {params.lm_eval_limit or 'all'} "
+                     "documents per task at most; no standard errors")
     return {
         "provenance": provenance.record(seed=params.seed),
-        "base": {"source": str(base), "dir": str(base_dir), "fingerprint": checkpoint.model_fingerprint(base_dir)},
-        "edited": {"source": str(edited), "dir": str(edited_dir),
-                   "fingerprint": checkpoint.model_fingerprint(edited_dir),
+        "ranks": group.world,
+        "base": {"source": str(base), "dir": str(base_dir), "fingerprint": base_fp},
+        "edited": {"source": str(edited), "dir": str(edited_dir), "fingerprint": edited_fp,
                    "mask": _mask_record(edited_mask), "experts_masked": masked[0], "experts_total": masked[1]},
         "target": {"name": target.name, "kind": target.kind, "references": list(target.references)},
         "parameters": dict(params.to_dict(), seq_len=seq_len),
@@ -135,6 +210,7 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
         "loss": loss,
         "mcq": mcq,
         "toxicity": tox,
+        "lm_eval": _side_by_side(b["lm_eval"], a["lm_eval"]) if "lm_eval" in b else {},
         "summary": summary,
         "notes": notes,
     }

@@ -58,8 +58,8 @@ def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[fl
     return [ll for ll, _ in continuation_logliks(model, tokenizer.encode(prompt), conts)]
 
 
-def score(model, tokenizer, docs: list[dict]) -> dict:
-    """Accuracy (summed log-likelihood) and accuracy_norm (per character) over `docs`."""
+def tally(model, tokenizer, docs: list[dict]) -> list[int]:
+    """[correct, correct_norm, n] over `docs`: counts, so the shares of several ranks add."""
     correct = correct_norm = 0
     for doc in docs:
         prompt, choices = prompt_and_choices(doc)
@@ -67,5 +67,15 @@ def score(model, tokenizer, docs: list[dict]) -> dict:
         norm = [v / max(1, len(c)) for v, c in zip(ll, choices, strict=True)]
         correct += int(max(range(len(ll)), key=ll.__getitem__) == doc["answer"])
         correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == doc["answer"])
-    n = len(docs)
+    return [correct, correct_norm, len(docs)]
+
+
+def result(correct: float, correct_norm: float, n: float) -> dict:
+    """Accuracy (summed log-likelihood) and accuracy_norm (per character) from counts."""
+    n = int(n)
     return {"accuracy": correct / n if n else None, "accuracy_norm": correct_norm / n if n else None, "n": n}
+
+
+def score(model, tokenizer, docs: list[dict]) -> dict:
+    """Accuracy and accuracy_norm over `docs` (one process)."""
+    return result(*tally(model, tokenizer, docs))

@@ -38,10 +38,14 @@ class EvalParams:
     samples: int = 5  # continuations per prompt
     max_new_tokens: int = 20
     seed: int = 0
+    lm_eval: tuple[str, ...] = ()  # lm-evaluation-harness tasks (harness.py), run besides the suites
+    lm_eval_include: str | None = None  # a directory of user task YAMLs
+    lm_eval_limit: int | None = None  # documents per lm-eval task (None: all)
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["suites"] = list(self.suites)
+        out["lm_eval"] = list(self.lm_eval)
         return out
 
 
@@ -81,6 +85,14 @@ def check_params(params: EvalParams) -> None:
             raise UsageError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(params, key)}")
     if params.seq_len is not None and params.seq_len < 2:
         raise UsageError(f"--seq-len must be at least 2, got {params.seq_len}")
+    if params.lm_eval_limit is not None and params.lm_eval_limit < 1:
+        raise UsageError(f"--lm-eval-limit must be at least 1, got {params.lm_eval_limit}")
+    if (params.lm_eval_include is not None or params.lm_eval_limit is not None) and not params.lm_eval:
+        raise UsageError("--lm-eval-include and --lm-eval-limit need --lm-eval TASKS")
+    if params.lm_eval:  # not cheap (lm-eval indexes its tasks, seconds), but before minutes of scoring
+        from .harness import task_manager
+
+        task_manager(params.lm_eval, params.lm_eval_include)
 
 
 def edit_record(directory: Path) -> dict | None:

@@ -42,6 +42,10 @@ def comparison_rows(results: dict) -> list[tuple[str, str, float | None, float |
         for key, label in (("expected_max_toxicity", "exp. max toxicity"), ("toxicity_probability", "toxicity prob.")):
             out.append((label, f"{prompts} prompts (n={tox['before'][prompts]['prompts']})",
                         tox["before"][prompts][key], tox["after"][prompts][key]))
+    for task, side in sorted(results.get("lm_eval", {}).items()):  # {task: {before/after: {metric: v, n}}}
+        for metric in sorted(m for m in side["before"] if m != "n"):
+            out.append((f"lm-eval {metric} (n={side['before'].get('n', '-')})", task, side["before"][metric],
+                        side["after"].get(metric)))
     return out
 
 
