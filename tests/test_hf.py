@@ -69,6 +69,7 @@ def test_resected_checkpoint_loads_in_transformers_with_its_masks(fixture, reque
     manifest = json.loads((out / "manifest.json").read_text())["files"]
     assert set(remote_code.FILES) <= set(manifest)
     assert verify.check(out)["problems"] == []
+    assert "AutoModelForCausalLM" in (out / "README.md").read_text()  # the model card says how
     ids = tokens(cfg.vocab_size)
     masked = assert_same_logits(out, ids)
     with torch.no_grad():
