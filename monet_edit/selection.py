@@ -44,6 +44,11 @@ def _as_masks(selected: torch.Tensor) -> dict[int, torch.Tensor]:
     return {g: selected[g].clone() for g in range(selected.shape[0])}
 
 
+def reference_max(others: list[Profile]) -> torch.Tensor:
+    """max over the reference corpora of the mean routing weight per token, [groups, E, E]."""
+    return torch.stack([p.mean() for p in others]).amax(0)
+
+
 def skew(target: Profile, others: list[Profile], ratio: float = 2.0) -> dict[int, torch.Tensor]:
     """Experts the target uses at least `ratio` times more than any reference corpus does."""
     if not others:
@@ -52,7 +57,7 @@ def skew(target: Profile, others: list[Profile], ratio: float = 2.0) -> dict[int
         raise UsageError(f"--ratio must be a number >= 1, got {ratio}")
     _check_same_model([target, *others])
     s = target.mean()
-    rest = torch.stack([p.mean() for p in others]).amax(0)
+    rest = reference_max(others)
     return _as_masks((s >= ratio * rest) & (s > 0))
 
 
@@ -72,7 +77,7 @@ def budget_score(target: Profile, others: list[Profile], eps: float | None = Non
     if eps is None:
         total = float(target.mean()[0].sum())
         eps = 0.1 * total / target.S[0].numel()
-    rest = torch.stack([p.mean() for p in others]).amax(0)
+    rest = reference_max(others)
     return torch.log((target.mean() + eps) / (rest + eps))
 
 
