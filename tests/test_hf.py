@@ -29,6 +29,13 @@ def _modules_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _default_kernels(monkeypatch):
+    """Exact comparisons: our side on its default (pure-torch on CPU) path, like the written files."""
+    monkeypatch.delenv("MONET_EDIT_KERNELS", raising=False)
+    monkeypatch.delenv("MONET_EDIT_SPARSE_TOKENS", raising=False)
+
+
 def hf_model(directory: Path, dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
@@ -104,7 +111,8 @@ def test_packaged_tiny_carries_the_current_remote_code():
     """models/tiny holds the files our source generates now (regenerate them when model.py changes)."""
     tiny = packaged_dir("tiny")
     for name, text in remote_code.render().items():
-        assert (tiny / name).read_text(encoding="utf-8") == text, f"models/tiny/{name} is stale"
+        assert (tiny / name).read_text(encoding="utf-8") == text, (
+            f"models/tiny/{name} is stale: run monet_edit.remote_code.write('monet_edit/models/tiny')")
     assert json.loads((tiny / "config.json").read_text())["auto_map"] == remote_code.AUTO_MAP
     assert_same_logits(tiny, tokens(512, (1, 16)))
 
@@ -125,10 +133,13 @@ def test_generation_fails_loudly_when_the_source_imports_change(monkeypatch):
         remote_code.render()
 
 
-def test_padded_batches_are_refused(tiny_ckpt, tmp_path):
+def test_padding_and_unsupported_outputs_are_refused(tiny_ckpt, tmp_path):
     out = shutil.copytree(tiny_ckpt, tmp_path / "ckpt")
     remote_code.write(out)
     (out / "config.json").write_text(json.dumps(remote_code.with_auto_map(json.loads((out / "config.json").read_text()))))
     ids = tokens(64, (2, 5))
+    model = hf_model(out)
     with pytest.raises(ValueError, match="padded"):
-        hf_model(out)(ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1] * 5]))
+        model(ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1] * 5]))
+    with pytest.raises(ValueError, match="output_hidden_states"):
+        model(ids, output_hidden_states=True)

@@ -72,6 +72,9 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
         forward attends causally to every token, so an attention mask with zeros is refused."""
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("Monet does not support padded batches: pass rows of equal length, unpadded")
+        asked = [k for k in ("inputs_embeds", "output_attentions", "output_hidden_states") if kwargs.get(k)]
+        if asked:
+            raise ValueError(f"Monet's forward takes input_ids and returns logits only; unsupported: {asked}")
         start = past_key_values.get_seq_length() if past_key_values is not None else 0
         past = [(layer.keys, layer.values) for layer in past_key_values.layers] if start else None
         hidden, present = self.model(input_ids, past, bool(use_cache))
