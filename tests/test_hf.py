@@ -131,6 +131,10 @@ def test_generation_fails_loudly_when_the_source_imports_change(monkeypatch):
     monkeypatch.setattr(remote_code, "COPIES", changed)
     with pytest.raises(RuntimeError, match="kernelz"):
         remote_code.render()
+    leaky = {"monet_model.py": ("model.py", {"from . import kernels": "from monet_edit import kernels"})}
+    monkeypatch.setattr(remote_code, "COPIES", leaky)
+    with pytest.raises(RuntimeError, match="imports monet_edit"):
+        remote_code.render()
 
 
 def test_padding_and_unsupported_outputs_are_refused(tiny_ckpt, tmp_path):

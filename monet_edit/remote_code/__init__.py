@@ -98,9 +98,14 @@ def render() -> dict[str, str]:
 
 
 def _check_imports(files: dict[str, str]) -> None:
-    """Every relative import must name a file written beside it (else transformers cannot load it)."""
+    """Every relative import must name a file written beside it, and none may reach monet_edit
+    (users load these files without it)."""
     for name, text in files.items():
         for node in ast.walk(ast.parse(text)):
+            absolute = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(str(m).split(".")[0] == "monet_edit" for m in absolute):
+                raise RuntimeError(f"{name}: imports monet_edit, which checkpoint users need not have")
             if isinstance(node, ast.ImportFrom) and node.level:
                 targets = [node.module] if node.module else [a.name for a in node.names]
                 missing = [t for t in targets if f"{t}.py" not in files]
