@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from clirun import assert_clean_error, cli
+from test_eval import _shared_home, copies, masked_copy, shared_home  # noqa: F401  (fixtures)
 
 from monet_edit.errors import UsageError
 from monet_edit.evaluation import harness, mcq
@@ -140,11 +143,66 @@ def test_missing_lm_eval_is_one_line(monkeypatch):
         harness.task_manager(["anything"])
 
 
-def test_unknown_task_and_bad_include(tmp_path):
+def test_include_only_and_bad_include(tmp_path):
     folder = write_task(tmp_path / "tasks", "monet_one", [{"question": "q", "choices": list("abcd"), "answer": 0}])
     assert harness.task_manager(["monet_one"], folder).all_tasks == ["monet_one"]  # built-ins not indexed
-    with pytest.raises(UsageError, match="unknown task 'no_such_task_xyz'"):
-        harness.task_manager(["monet_one", "no_such_task_xyz"], folder)
     with pytest.raises(UsageError, match="not a directory"):
         harness.task_manager(["monet_one"], tmp_path / "missing")
     assert harness.parse_tasks(" a, b,,a ") == ("a", "b") and harness.parse_tasks(None) == ()
+
+
+def write_rolling_task(folder: Path, name: str, texts: list[str]) -> None:
+    """A perplexity task (loglikelihood_rolling) over a local jsonl file."""
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {folder / 'hf-cache'}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\n"
+        'doc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+        "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n", encoding="utf-8")
+
+
+def test_cli_eval_lm_eval_before_and_after(tiny_ckpt, copies, tmp_path):  # noqa: F811
+    """`eval --lm-eval` on a masked copy: lm-eval numbers for both sides in results.json/.md, quiet stderr."""
+    from monet_edit.corpora import build
+
+    folder = write_task(tmp_path / "tasks", "monet_law_mc", build("law").load("eval")[:6])
+    write_rolling_task(folder, "monet_law_ppl", [d["text"] for d in build("law").load("eval")[:6]])
+    res = cli("eval", "--model", copies["masked"], "--base", tiny_ckpt, "--target", "law", "--suite", "loss",
+              "--tokens", "300", "--seq-len", "32", "--lm-eval", "monet_law_mc,monet_law_ppl",
+              "--lm-eval-include", folder, "--lm-eval-limit", "4", "--out", tmp_path / "out",
+              env={"HF_DATASETS_OFFLINE": "1"})
+    assert res.code == 0, res.stderr
+    for noise in ("WARNING", "Tokenizing", "it/s", "Traceback"):
+        assert noise not in res.stderr, res.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    lm = results["lm_eval"]
+    assert set(lm) == {"monet_law_mc", "monet_law_ppl"} and results["parameters"]["lm_eval_limit"] == 4
+    assert lm["monet_law_mc"]["before"]["n"] == 4 and 0 <= lm["monet_law_mc"]["after"]["acc"] <= 1
+    ppl = lm["monet_law_ppl"]
+    assert ppl["before"]["word_perplexity"] > 1 and ppl["before"]["bits_per_byte"] != ppl["after"]["bits_per_byte"]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| lm-eval acc (n=4) | monet_law_mc |" in markdown and "lm-eval bits_per_byte" in markdown
+    assert "monet_law_ppl" in res.stderr  # the printed table
+
+
+def test_unknown_task_is_a_usage_error(tmp_path):
+    folder = write_task(tmp_path / "tasks", "monet_one", [{"question": "q", "choices": list("abcd"), "answer": 0}])
+    with pytest.raises(UsageError, match="unknown task 'no_such_task_xyz'"):  # after indexing the built-ins
+        harness.task_manager(["monet_one", "no_such_task_xyz"], folder)
+
+
+def test_cli_bad_lm_eval_options_are_one_line(tiny_ckpt, copies, tmp_path):  # noqa: F811
+    common = ("eval", "--model", copies["masked"], "--base", tiny_ckpt, "--target", "law", "--suite", "loss",
+              "--out", tmp_path / "out")
+    assert_clean_error(cli(*common, "--lm-eval", "x", "--lm-eval-limit", "0"), 2, "--lm-eval-limit must be at least 1")
+    assert_clean_error(cli(*common, "--lm-eval-include", tmp_path), 2, "need --lm-eval TASKS")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_help_imports_neither_torch_nor_lm_eval():
+    code = ("import sys; from monet_edit.cli import main; main(['eval', '--help']); "
+            "print(sorted(m for m in ('torch', 'lm_eval') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--lm-eval" in out and out.strip().endswith("[]")

@@ -87,16 +87,19 @@ def task_manager(tasks: Sequence[str], include: str | Path | None = None):
     return manager
 
 
-def _load(manager, tasks: Sequence[str]) -> list:
-    """The requested tasks and groups, built (data loaded); any failure is the user's config or data."""
+def _load(manager, tasks: Sequence[str], seed: int) -> dict:
+    """The requested tasks and groups built (data loaded), zero-shot unless a task sets num_fewshot,
+    as lm-eval's simple_evaluate sets them up; any failure is the user's config or data."""
     try:
         with quiet():
             loaded = manager.load(list(tasks))
     except Exception as exc:  # lm-eval and datasets raise anything from a bad YAML or data file
         raise UsageError(f"--lm-eval: cannot load {','.join(tasks)}: {type(exc).__name__}: {exc}"[:400]) from None
-    children = {c for kids in loaded.get("group_map", {}).values() for c in kids}
-    return ([g for name, g in loaded.get("groups", {}).items() if name not in children]
-            + [t for name, t in loaded["tasks"].items() if name not in children])
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=seed)
+    return loaded
 
 
 def metrics(results: dict) -> dict[str, dict[str, float]]:
@@ -121,16 +124,14 @@ def run_tasks(model, tokenizer, tasks: Sequence[str], *, include: str | Path | N
     """Per-task metrics of lm-eval's `tasks` on `model` as loaded (its masks applied), zero-shot
     unless a task says otherwise, at most `limit` documents per task."""
     manager = task_manager(tasks, include)
-    from lm_eval.evaluator import simple_evaluate
+    from lm_eval.evaluator import evaluate
 
     from .harness_lm import MonetLM
 
-    lm = MonetLM(model, tokenizer, batch_size=batch_size, seed=seed)
-    selected = _load(manager, tasks)
-    with quiet():
-        results = simple_evaluate(model=lm, tasks=selected, task_manager=manager, limit=limit,
-                                  bootstrap_iters=0, log_samples=False, random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    loaded = _load(manager, tasks, seed)
+    with quiet():  # evaluate, not simple_evaluate: that one also collects pip/env info (seconds)
+        results = evaluate(lm=MonetLM(model, tokenizer, batch_size=batch_size, seed=seed), task_dict=loaded,
+                           limit=limit, bootstrap_iters=0, log_samples=False)
     return metrics(results)
 
 
