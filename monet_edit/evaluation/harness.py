@@ -103,7 +103,7 @@ def _load(manager, tasks: Sequence[str], seed: int) -> dict:
 
 
 def metrics(results: dict) -> dict[str, dict[str, float]]:
-    """{task: {metric: value, "n": documents}} from simple_evaluate's results; a metric under a
+    """{task: {metric: value, "n": documents}} from lm-eval's evaluate results; a metric under a
     filter other than lm-eval's default ("none") keeps it as "metric,filter"."""
     out: dict[str, dict[str, float]] = {}
     for task, values in results["results"].items():
