@@ -140,6 +140,50 @@ def test_eval_report_without_its_checkpoint(edit, tmp_path, capsys):
     assert len(PLOT.findall(text)) == 2 and "no masks to show" in text
 
 
+def _synthetic(seed: int, labelled: bool = False):
+    import torch
+
+    from monet_edit.profiling import Profile
+
+    gen = torch.Generator().manual_seed(seed)
+    S = torch.rand(2, 6, 6, generator=gen, dtype=torch.float64) ** 4 * 50
+    S[0, 0, :2] = 0  # experts this corpus never routes to
+    meta = {"model_fingerprint": "m", "corpus": f"c{seed}"}
+    if not labelled:
+        return Profile(100, S, meta=meta)
+    S2 = S * S / 100 + torch.rand(2, 6, 6, generator=gen, dtype=torch.float64)
+    SY = S * torch.rand(2, 6, 6, generator=gen, dtype=torch.float64)
+    return Profile(100, S, S2, SY, 40.0, 30.0, meta)
+
+
+@pytest.mark.parametrize("rule, params", [("skew", {"ratio": 2.0}), ("budget", {}), ("corr", {"threshold": 0.1})])
+def test_scores_put_every_masked_expert_on_or_above_the_line(rule, params):
+    """The histogram's threshold is the rule's: masked experts score >= it, the others (skew, corr) below."""
+    import math
+
+    from monet_edit import selection
+    from monet_edit.reporting import specificity
+
+    target, refs = _synthetic(0, labelled=rule == "corr"), [_synthetic(1), _synthetic(2)]
+    if rule == "budget":
+        score = selection.budget_score(target, refs)
+        masks = dict(enumerate(score >= score.reshape(-1).sort(descending=True).values[7]))
+    else:
+        masks = selection.skew(target, refs, **params) if rule == "skew" else selection.corr(target, **params)
+    scores = specificity.compute(rule, params, target, [] if rule == "corr" else refs, masks)
+    chosen = [masks[g] for g in range(2)]
+    for g in range(2):
+        inside, outside = scores.values[g][chosen[g]], scores.values[g][~chosen[g]]
+        assert inside.numel() and bool((inside >= scores.threshold - 1e-9).all()), (rule, inside)
+        if rule != "budget":
+            assert bool((outside.nan_to_num(-math.inf) < scores.threshold).all()), rule
+    assert math.isnan(float(scores.values[0, 0, 0])) == (rule != "corr")  # unused: blank, except for r
+    top = specificity.ranking(scores, target, masks, 5)
+    usage = target.mean()
+    assert all(bool(masks[g][i, j]) for g, i, j in top) and len(top) == 5
+    assert [float(usage[e]) for e in top] == sorted((float(usage[e]) for e in top), reverse=True)
+
+
 @pytest.mark.parametrize("what, needle", [
     ("missing", "no such file or directory"),
     ("text", "not a run"),
