@@ -18,8 +18,19 @@ from monet_edit import checkpoint, distributed, journal, profiling
 from monet_edit.cli import main
 
 PROFILE = ["--tokens", "6000", "--seq-len", "32", "--batch-size", "4", "--shard-tokens", "512"]
-EVAL = ["--target", "law", "--suite", "loss,mcq,toxicity", "--tokens", "1500", "--seq-len", "32",
-        "--batch-size", "4", "--mcq-items", "5", "--prompts", "3", "--samples", "2", "--max-new-tokens", "6"]
+EVAL = ["--target", "law", "--suite", "loss,mcq,toxicity", "--tokens", "600", "--seq-len", "32",
+        "--batch-size", "4", "--mcq-items", "3", "--prompts", "3", "--samples", "2", "--max-new-tokens", "6"]
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(autouse=True)
+def _corpora_built_once(shared_home, monkeypatch):
+    """One MONET_EDIT_HOME for the module: the corpora are built once, not once per test."""
+    monkeypatch.setenv("MONET_EDIT_HOME", str(shared_home))
 
 
 def _profiles(directory: Path) -> dict[str, profiling.Profile]:
@@ -43,10 +54,9 @@ def user_corpus(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("target", ["corpus", "toxicity"])
-def test_profile_on_two_ranks_equals_one_process(tiny_ckpt, user_corpus, tmp_path, target):
-    args = ["--corpus", str(user_corpus)] if target == "corpus" else ["--toxicity"]
-    common = ["profile", *args, "--model", str(tiny_ckpt), *PROFILE]
+def test_profile_on_two_ranks_equals_one_process(tiny_ckpt, tmp_path):
+    """A labelled profile (S, S2, SY, sums of y); the unlabelled path is checked with --resume below."""
+    common = ["profile", "--toxicity", "--model", str(tiny_ckpt), *PROFILE]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     res = cli(*common, "--out", tmp_path / "two", "--nproc", "2")
     assert res.code == 0, res.stderr
@@ -55,7 +65,7 @@ def test_profile_on_two_ranks_equals_one_process(tiny_ckpt, user_corpus, tmp_pat
     assert list(one) == list(two) and len(one) == 1
     for name in one:
         _same_profile(one[name], two[name])
-        assert one[name].labelled == (target == "toxicity")
+        assert one[name].labelled
         assert one[name].n > 10 * 512  # several shards were dealt out
     assert not list((tmp_path / "two").glob(".*"))  # journal removed once the profile is published
 
@@ -83,15 +93,25 @@ def _close(a, b) -> None:
         assert a == b
 
 
-def test_eval_on_two_ranks_equals_one_process_and_repeats(tiny_ckpt, edited, tmp_path):
+@pytest.fixture(scope="module")
+def one_process_eval(tiny_ckpt, edited, tmp_path_factory, shared_home) -> tuple[list[str], Path]:
+    """The eval command line and the results of running it in one process."""
     common = ["eval", "--model", str(edited), "--base", str(tiny_ckpt), *EVAL]
-    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path_factory.mktemp("eval") / "one"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MONET_EDIT_HOME", str(shared_home))
+        assert main([*common, "--out", str(out)]) == 0
+    return common, out / "results.json"
+
+
+def test_eval_on_two_ranks_equals_one_process_and_repeats(one_process_eval, tmp_path):
+    common, first = one_process_eval
     assert main([*common, "--out", str(tmp_path / "again")]) == 0
     # determinism: the same command twice writes the same bytes (numbers, seeds, provenance)
-    assert (tmp_path / "one" / "results.json").read_bytes() == (tmp_path / "again" / "results.json").read_bytes()
+    assert first.read_bytes() == (tmp_path / "again" / "results.json").read_bytes()
     res = cli(*common, "--out", tmp_path / "two", "--nproc", "2", "--json")
     assert res.code == 0, res.stderr
-    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    one = json.loads(first.read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert json.loads(res.stdout)["summary"] == two["summary"]  # one JSON document: rank 0's
     assert (one["ranks"], two["ranks"]) == (1, 2)
@@ -129,8 +149,8 @@ def _descendant_with_rank(root: int, rank: int) -> int | None:
 
 def test_killed_rank_leaves_no_output_and_resume_continues(tiny_ckpt, user_corpus, tmp_path):
     out = tmp_path / "two"
-    args = ["profile", "--corpus", str(user_corpus), "--model", str(tiny_ckpt), "--tokens", "30000",
-            "--seq-len", "32", "--batch-size", "2", "--shard-tokens", "128", "--out", str(out)]
+    args = ["profile", "--corpus", str(user_corpus), "--model", str(tiny_ckpt), "--tokens", "12000",
+            "--seq-len", "32", "--batch-size", "2", "--shard-tokens", "256", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "monet_edit", *args, "--nproc", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     deadline = time.monotonic() + 120
@@ -157,10 +177,9 @@ def test_killed_rank_leaves_no_output_and_resume_continues(tiny_ckpt, user_corpu
     _same_profile(a, b)
 
 
-def test_eval_resume_keeps_finished_suites(tiny_ckpt, edited, tmp_path, capsys):
+def test_eval_resume_keeps_finished_suites(one_process_eval, tmp_path, capsys):
     """A crash after the base model's suites: --resume reuses them, the numbers are unchanged."""
-    common = ["eval", "--model", str(edited), "--base", str(tiny_ckpt), *EVAL]
-    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    common, first = one_process_eval
     out = tmp_path / "res"
     proc = subprocess.Popen([sys.executable, "-m", "monet_edit", *common, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -176,7 +195,7 @@ def test_eval_resume_keeps_finished_suites(tiny_ckpt, edited, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "resuming: " in err and "kept from the interrupted run" in err
     assert not journal.location(out).exists()
-    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    whole = json.loads(first.read_text())
     resumed = json.loads((out / "results.json").read_text())
     assert _numbers(whole) == _numbers(resumed)
 
