@@ -192,6 +192,7 @@ def _selection(run: Run, masks: dict, meta: dict) -> None:
     run.facts.update(target=run.target, rule=run.rule, **{f"param {k}": v for k, v in run.params.items()},
                      masked=f"{sum(counts):,} ({', '.join(map(str, counts))} per group)")
     run.recorded["selection"] = meta.get("provenance", {})
+    run.target_profile, run.references = None, []  # the last selection read names the profiles
     for name, source in (meta.get("sources") or {}).items():
         path = Path(str(source.get("profile", "")))
         if not path.is_file():
