@@ -23,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -291,6 +292,26 @@ def memory_figures(out: list, counts: list[int], quick: bool) -> None:
            "memory ratio (flat = 1.0)", "<= 1.05", ratio <= 1.05, probes=probes)
 
 
+def ranks_figures(out: list, tokens: int, seq: int) -> None:
+    """`monet-edit profile` wall time on the packaged tiny model: one process with every core vs
+    --nproc 2 (torchrun, gloo, cores shared out), same tokens; start-up (imports, rendezvous) included."""
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as home:
+        env = dict(os.environ, MONET_EDIT_HOME=home)
+        env.pop("OMP_NUM_THREADS", None)
+        base = [sys.executable, "-m", "monet_edit", "profile", "--toxicity", "--model", "tiny",
+                "--tokens", str(tokens), "--seq-len", str(seq), "--shard-tokens", str(max(seq * 8, tokens // 16))]
+        subprocess.run([*base, "--tokens", str(seq * 8), "--out", f"{home}/warm"], env=env, check=True,
+                       capture_output=True)  # builds the corpus cache outside the timings
+        walls = {}
+        for label, extra in (("1", []), ("2", ["--nproc", "2"])):
+            began = time.perf_counter()
+            subprocess.run([*base, "--out", f"{home}/ranks{label}", *extra], env=env, check=True, capture_output=True)
+            walls[label] = time.perf_counter() - began
+    figure(out, f"profile {tokens:,} tokens: 1 rank ({cores} threads) / 2 ranks", walls["1"] / walls["2"],
+           "speed-up of --nproc 2 (wall, start-up included)", wall_seconds=walls)
+
+
 # ---------------------------------------------------------------------------- GPU figures
 
 def gpu_figures(out: list, quick: bool) -> str:
@@ -381,6 +402,7 @@ def main() -> None:
         ("generate", lambda: generate_figures(
             out, {"E=16": QUICK} if args.quick else {"mid, E=128": MID, "1.4B layer shape, E=512": WIDE},
             prompt=8 if args.quick else 16, new=4 if args.quick else 32, repeats=repeats)),
+        ("ranks", lambda: ranks_figures(out, tokens=4096 if args.quick else 262144, seq=32 if args.quick else 128)),
         ("memory", lambda: memory_figures(out, [2048, 8192] if args.quick else [65536, 262144, 1048576],
                                           args.quick)),
     ]

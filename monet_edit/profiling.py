@@ -31,6 +31,7 @@ from .journal import Journal
 FORMAT = 1
 META_KEY = "monet_edit"
 HOLDOUT_EVERY = 5  # one profile-split document in five is held out (budget rule), never profiled
+PRIME_DOCS = 512  # documents whose words are scored together (labelled profiles)
 SHARD_TOKENS = 1 << 20  # tokens per journalled shard: the unit of --resume and of rank hand-out
 
 
@@ -259,11 +260,13 @@ def labelled_stream(
     tokenizer, docs: list[dict], max_tokens: int | None = None
 ) -> tuple[list[int], list[float]]:
     """The tokens of scoring.token_stream with each token's weak toxicity label (EOS gets 0)."""
-    from .corpora.toxicity import token_labels
+    from .corpora.toxicity import prime, token_labels
 
     ids: list[int] = []
     ys: list[float] = []
-    for doc in docs:
+    for at, doc in enumerate(docs):
+        if at % PRIME_DOCS == 0:
+            prime([d["text"] for d in docs[at : at + PRIME_DOCS]])
         tok, offsets = tokenizer.encode_with_offsets(doc["text"])
         ys.extend(token_labels(offsets, doc["text"]))
         ids.extend(tok)

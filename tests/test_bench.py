@@ -56,3 +56,10 @@ def test_flops_count_matches_parameters():
     weights = sum(p.numel() for n, p in model.state_dict().items() if not any(s in n for s in skip))
     attention = cfg.num_hidden_layers * 2 * 16 * cfg.hidden_size
     assert bench.model_flops_per_token(cfg, seq=16) == 2 * weights + attention
+
+
+def test_bench_ranks_figure_runs_both_launches():
+    out: list = []
+    bench.ranks_figures(out, tokens=1024, seq=32)
+    (fig,) = out
+    assert fig["ratio"] > 0 and set(fig["wall_seconds"]) == {"1", "2"}

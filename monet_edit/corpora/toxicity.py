@@ -39,14 +39,20 @@ def score_texts(texts: list[str]) -> list[float]:
     return _predict([str(t) for t in texts])
 
 
+_WORD_SCORES: dict[str, float] = {}  # a word's score never changes: score each word once per process
+
+
+def prime(texts: list[str]) -> None:
+    """Score every not yet scored word of `texts` in one call (the scorer's per-call cost dominates
+    when documents are scored one by one)."""
+    words = sorted({m.group().lower() for t in texts for m in WORD.finditer(t)} - _WORD_SCORES.keys())
+    _WORD_SCORES.update(zip(words, _predict(words), strict=True))
+
+
 def word_spans(text: str) -> list[tuple[int, int, float]]:
     """(start, end, score) for each word of `text` (character offsets, end exclusive)."""
-    spans = [(m.start(), m.end()) for m in WORD.finditer(text)]
-    if not spans:
-        return []
-    words = sorted({text[s:e].lower() for s, e in spans})
-    scores = dict(zip(words, _predict(words), strict=True))
-    return [(s, e, scores[text[s:e].lower()]) for s, e in spans]
+    prime([text])
+    return [(m.start(), m.end(), _WORD_SCORES[m.group().lower()]) for m in WORD.finditer(text)]
 
 
 def token_labels(offsets: list[tuple[int, int]], text: str) -> list[float]:
