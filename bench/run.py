@@ -292,24 +292,39 @@ def memory_figures(out: list, counts: list[int], quick: bool) -> None:
            "memory ratio (flat = 1.0)", "<= 1.05", ratio <= 1.05, probes=probes)
 
 
-def ranks_figures(out: list, tokens: int, seq: int) -> None:
+def ranks_figures(out: list, tokens: int, seq: int, sources: tuple[str, ...]) -> None:
     """`monet-edit profile` wall time on the packaged tiny model: one process with every core vs
-    --nproc 2 (torchrun, gloo, cores shared out), same tokens; start-up (imports, rendezvous) included."""
+    --nproc 2 (torchrun, gloo, one thread per rank), the same tokens of a user corpus made from
+    embedded corpora; start-up (imports, rendezvous) included."""
+    from monet_edit import corpora
+
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, MONET_EDIT_HOME=home)
         env.pop("OMP_NUM_THREADS", None)
-        base = [sys.executable, "-m", "monet_edit", "profile", "--toxicity", "--model", "tiny",
+        with Env(MONET_EDIT_HOME=home):
+            texts = [d["text"] for name in sources for split in ("train", "profile", "eval")
+                     for d in corpora.build(name).load(split)]
+        corpus = Path(home) / "mixed.jsonl"
+        corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        base = [sys.executable, "-m", "monet_edit", "profile", "--corpus", str(corpus), "--model", "tiny",
                 "--tokens", str(tokens), "--seq-len", str(seq), "--shard-tokens", str(max(seq * 8, tokens // 16))]
         subprocess.run([*base, "--tokens", str(seq * 8), "--out", f"{home}/warm"], env=env, check=True,
                        capture_output=True)  # builds the corpus cache outside the timings
         walls = {}
         for label, extra in (("1", []), ("2", ["--nproc", "2"])):
             began = time.perf_counter()
-            subprocess.run([*base, "--out", f"{home}/ranks{label}", *extra], env=env, check=True, capture_output=True)
+            done = subprocess.run([*base, "--out", f"{home}/ranks{label}", *extra], env=env, check=True,
+                                  capture_output=True, text=True)
             walls[label] = time.perf_counter() - began
-    figure(out, f"profile {tokens:,} tokens: 1 rank ({cores} threads) / 2 ranks", walls["1"] / walls["2"],
+        profiled = profiling_tokens(done.stderr)
+    figure(out, f"profile {profiled:,} tokens: 1 rank ({cores} threads) / 2 ranks", walls["1"] / walls["2"],
            "speed-up of --nproc 2 (wall, start-up included)", wall_seconds=walls)
+
+
+def profiling_tokens(log: str) -> int:
+    """The token count `monet-edit profile` reported ('profile NAME: 12,345 tokens in ...')."""
+    return int(log.split(": ", 1)[1].split(" tokens", 1)[0].replace(",", ""))
 
 
 # ---------------------------------------------------------------------------- GPU figures
@@ -402,7 +417,10 @@ def main() -> None:
         ("generate", lambda: generate_figures(
             out, {"E=16": QUICK} if args.quick else {"mid, E=128": MID, "1.4B layer shape, E=512": WIDE},
             prompt=8 if args.quick else 16, new=4 if args.quick else 32, repeats=repeats)),
-        ("ranks", lambda: ranks_figures(out, tokens=4096 if args.quick else 262144, seq=32 if args.quick else 128)),
+        ("ranks", lambda: ranks_figures(out, tokens=4096 if args.quick else 524288, seq=32 if args.quick else 128,
+                                        sources=("en",) if args.quick else ("en", "de", "fr", "es", "it", "pt",
+                                                                            "python", "c", "go", "rust", "perl",
+                                                                            "javascript", "law", "history"))),
         ("memory", lambda: memory_figures(out, [2048, 8192] if args.quick else [65536, 262144, 1048576],
                                           args.quick)),
     ]

@@ -60,6 +60,6 @@ def test_flops_count_matches_parameters():
 
 def test_bench_ranks_figure_runs_both_launches():
     out: list = []
-    bench.ranks_figures(out, tokens=1024, seq=32)
+    bench.ranks_figures(out, tokens=1024, seq=32, sources=("en",))
     (fig,) = out
     assert fig["ratio"] > 0 and set(fig["wall_seconds"]) == {"1", "2"}
