@@ -138,6 +138,22 @@ CASES = [
     ("run recipe missing", lambda w: ["run", w["root"] / "missing.toml"], 2, "missing.toml"),
     ("train recipe unknown key", lambda w: ["train", w["train_unknown"]], 2, "what"),
     ("verify missing dir", lambda w: ["verify", w["root"] / "nope"], 2, "not a directory"),
+    # report / experts
+    ("report missing run", lambda w: ["report", w["root"] / "nope"], 2, "no such file or directory"),
+    ("report not a run", lambda w: ["report", w["file"]], 2, "not a run"),
+    ("report plain checkpoint", lambda w: ["report", w["ckpt"]], 2, "without an edit record"),
+    ("experts group out of range", lambda w: ["experts", w["ckpt"], "--group", "5", "--expert", "1,2"], 2,
+     "--group 5"),
+    ("experts bad expert", lambda w: ["experts", w["ckpt"], "--group", "0", "--expert", "1"], 2, "I,J"),
+    ("experts expert out of range", lambda w: ["experts", w["ckpt"], "--group", "0", "--expert", "1,99"], 2,
+     "out of range"),
+    # distributed and lm-eval options
+    ("profile nproc zero", lambda w: ["profile", "--domain", "law", "--model", w["ckpt"], "--nproc", "0"], 2,
+     "--nproc"),
+    ("eval nproc zero", lambda w: ["eval", "--model", w["ckpt"], "--base", w["ckpt"], "--target", "law",
+                                   "--nproc", "0"], 2, "--nproc"),
+    ("eval lm-eval limit alone", lambda w: ["eval", "--model", w["ckpt"], "--base", w["ckpt"], "--target", "law",
+                                            "--lm-eval-limit", "3"], 2, "--lm-eval"),
 ]
 
 

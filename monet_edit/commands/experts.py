@@ -15,7 +15,7 @@ def experts(
                                ".txt/.jsonl/.parquet file or directory."),
     split: str = typer.Option("profile", "--split", help="Corpus split: train, profile or eval."),
     tokens: int = typer.Option(20_000, "--tokens", min=2, help="Tokens scanned (at most)."),
-    seq_len: int = typer.Option(128, "--seq-len", min=2, help="Tokens per row."),
+    seq_len: int = typer.Option(None, "--seq-len", min=2, help="Tokens per row (default min(128, model positions))."),
     top: int = typer.Option(10, "--top", min=1, help="Occurrences shown per expert."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
@@ -36,6 +36,7 @@ def experts(
         raise UsageError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     directory = checkpoint.resolve(model)
     config = checkpoint.load_config(directory)
+    seq_len = seq_len or min(128, config.max_position_embeddings)
     if seq_len > config.max_position_embeddings:
         raise UsageError(f"--seq-len {seq_len} exceeds the model's {config.max_position_embeddings} positions")
     wanted = [(group, *experts_mod.parse_expert(e, config.moe_experts)) for e in expert]
@@ -46,7 +47,7 @@ def experts(
                                    batch_size=batch_size)
     if json_out:
         emit_json({"model": model, "fingerprint": checkpoint.model_fingerprint(directory), "corpus": corpus,
-                   "corpus_fingerprint": fingerprint, "split": split, "experts": [f.to_dict() for f in found]})
+                   "corpus_fingerprint": fingerprint, "split": split, "seq_len": seq_len, "experts": [f.to_dict() for f in found]})
         return
     from rich.table import Table
     from rich.text import Text
