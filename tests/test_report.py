@@ -214,9 +214,9 @@ def test_bad_input_is_one_line_and_writes_nothing(what, needle, tiny_ckpt, tmp_p
     assert what != "existing-out" or out.read_text() == "keep"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (scripts/system-packages.txt)")
 def test_report_renders_in_headless_chromium(checkpoint_page, tmp_path):
     """The page loads without errors; every plot decodes and has a visible, non-empty box."""
+    assert CHROMIUM, "chromium is not installed: `make install` installs it (scripts/system-packages.txt)"
     checked = tmp_path / "checked.html"
     checked.write_text(checkpoint_page.read_text().replace("<head>", "<head>" + CHECK, 1))
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
