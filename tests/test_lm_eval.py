@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from clirun import assert_clean_error, cli
+from lm_eval.api.instance import Instance  # a dev dependency: missing means a broken install, not a skip
 from test_eval import _shared_home, copies, masked_copy, shared_home  # noqa: F401  (fixtures)
 
 from monet_edit.errors import UsageError
 from monet_edit.evaluation import harness, mcq
+from monet_edit.evaluation.harness_lm import MonetLM
 from monet_edit.generate import sample
 from monet_edit.loading import load_model, load_tokenizer
-
-pytest.importorskip("lm_eval")
-
-from lm_eval.api.instance import Instance  # noqa: E402
-
-from monet_edit.evaluation.harness_lm import MonetLM  # noqa: E402
 
 ITEMS, LIMIT = 10, 8
 
