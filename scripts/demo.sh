@@ -16,3 +16,6 @@ if [[ $status -eq 3 ]]; then
 elif [[ $status -ne 0 ]]; then
     exit "$status"
 fi
+# One self-contained HTML page: specificity heatmaps, masked experts and their tokens, before/after bars.
+$BIN/monet-edit report "$OUT/resected-law" --out "$OUT/report-law.html" --force
+echo "demo: open $OUT/report-law.html in a browser" >&2
