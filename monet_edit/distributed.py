@@ -142,6 +142,9 @@ def init(device: str | None = None, nproc: int | None = None) -> Group:
     if cuda:
         if not torch.cuda.is_available():
             raise UsageError(f"device {device!r} requested but CUDA is not available")
+        if local >= torch.cuda.device_count():
+            raise UsageError(f"rank {rank} needs GPU {local} but this machine has {torch.cuda.device_count()} "
+                             f"(use at most that many ranks per node)")
         torch.cuda.set_device(local)
     backend = "nccl" if cuda else "gloo"
     dist.init_process_group(backend, timeout=timedelta(minutes=TIMEOUT_MINUTES))
