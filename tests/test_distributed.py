@@ -16,6 +16,7 @@ from helpers import random_mask, write_tiny_checkpoint
 
 from monet_edit import checkpoint, distributed, journal, profiling
 from monet_edit.cli import main
+from monet_edit.errors import UsageError
 
 PROFILE = ["--tokens", "6000", "--seq-len", "32", "--batch-size", "4", "--shard-tokens", "512"]
 EVAL = ["--target", "law", "--suite", "loss,mcq,toxicity", "--tokens", "600", "--seq-len", "32",
@@ -234,3 +235,14 @@ def test_nproc_must_match_the_torchrun_job(tiny_ckpt, monkeypatch, capsys):
 def test_nproc_zero_is_a_usage_error(capsys):
     assert main(["profile", "--toxicity", "--nproc", "0"]) == 2
     assert "--nproc must be at least 1" in capsys.readouterr().err
+
+
+def test_more_ranks_than_gpus_is_a_usage_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError, match="rank 1 needs GPU 1 but this machine has 1"):
+        distributed.init("cuda")
+    assert distributed.group().world == 1  # nothing was joined
