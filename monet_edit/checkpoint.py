@@ -213,6 +213,13 @@ def read_tensors(infos: dict[str, TensorInfo]) -> dict[str, Any]:
     return out
 
 
+def stored_masks(infos: dict[str, TensorInfo], config: MonetConfig) -> dict[int, Any]:
+    """{group: bool [E, E]} of the masks a checkpoint carries (reads only the mask tensors)."""
+    found = {n: i for n, i in infos.items() if MASK_KEY.match(n)}
+    return {int(MASK_KEY.match(n).group(1)) // config.moe_groups: t.bool()
+            for n, t in (read_tensors(found) if found else {}).items()}
+
+
 def read_tagged(path: str | Path, key: str, what: str) -> tuple[dict[str, Any], Any]:
     """Tensors and the JSON stored under metadata `key` of a small safetensors file (mask, profile).
 

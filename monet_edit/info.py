@@ -21,13 +21,9 @@ def describe(source: str | Path) -> dict[str, Any]:
     params = sum(prod(i.shape) for n, i in infos.items()
                  if not checkpoint.MASK_KEY.match(n) and ".router.norm" not in n)
     dtypes = sorted({i.dtype for n, i in infos.items() if i.dtype not in ("BOOL", "I64")})
-    mask_infos = {n: i for n, i in infos.items() if checkpoint.MASK_KEY.match(n)}
     masked = [0] * cfg.num_groups
-    if mask_infos:
-        tensors = checkpoint.read_tensors(mask_infos)
-        for name, t in tensors.items():
-            layer = int(checkpoint.MASK_KEY.match(name).group(1))
-            masked[layer // cfg.moe_groups] = int(t.bool().sum())
+    for group, mask in checkpoint.stored_masks(infos, cfg).items():
+        masked[group] = int(mask.sum())
     return {
         "path": str(directory),
         "model_type": "monet",

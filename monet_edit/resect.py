@@ -46,17 +46,6 @@ def check_output(out: Path, base: Path, force: bool) -> None:
     atomic.check_new_dir(out, force)
 
 
-def _existing_masks(config, infos: dict) -> dict:
-    import torch
-
-    found = {n: i for n, i in infos.items() if checkpoint.MASK_KEY.match(n)}
-    tensors = checkpoint.read_tensors(found) if found else {}
-    return {
-        int(checkpoint.MASK_KEY.match(n).group(1)) // config.moe_groups: t.to(torch.bool)
-        for n, t in tensors.items()
-    }
-
-
 def write_weights(
     path: Path, infos: dict, extra: dict[str, tuple[str, list[int], bytes]], metadata: dict[str, str]
 ) -> str:
@@ -129,7 +118,7 @@ def resect(
             f"mask was made for another model (fingerprint {str(made_for)[:12]}, "
             f"{base} is {fingerprint[:12]})"
         )
-    previous = _existing_masks(config, infos)
+    previous = checkpoint.stored_masks(infos, config)
     combined = {g: masks.get(g, torch.zeros_like(m)) | m for g, m in previous.items()}
     combined.update({g: m for g, m in masks.items() if g not in combined})
     weight_infos = {n: i for n, i in infos.items() if not checkpoint.MASK_KEY.match(n)}

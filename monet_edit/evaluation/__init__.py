@@ -58,8 +58,8 @@ def default_out(model_dir: Path, record: dict | None) -> Path:
 
 def stored_masked(directory: Path) -> int:
     """Experts masked by the masks stored in a checkpoint (reads only the mask tensors)."""
-    infos = {k: v for k, v in checkpoint.read_headers(directory).items() if checkpoint.MASK_KEY.match(k)}
-    return sum(int(t.sum()) for t in checkpoint.read_tensors(infos).values())
+    masks = checkpoint.stored_masks(checkpoint.read_headers(directory), checkpoint.load_config(directory))
+    return sum(int(m.sum()) for m in masks.values())
 
 
 def prepare(model: str | None = None, base: str | None = None, target: str | None = None, *,

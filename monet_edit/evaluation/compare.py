@@ -120,10 +120,10 @@ def _stored_masks_sha(directory: Path) -> str:
     """sha256 of the masks a checkpoint carries (its fingerprint leaves them out on purpose)."""
     import hashlib
 
-    infos = {k: v for k, v in checkpoint.read_headers(directory).items() if checkpoint.MASK_KEY.match(k)}
+    masks = checkpoint.stored_masks(checkpoint.read_headers(directory), checkpoint.load_config(directory))
     digest = hashlib.sha256()
-    for name, tensor in sorted(checkpoint.read_tensors(infos).items()):
-        digest.update(name.encode("utf-8") + tensor.bool().numpy().tobytes())
+    for group, mask in sorted(masks.items()):
+        digest.update(str(group).encode("utf-8") + mask.numpy().tobytes())
     return digest.hexdigest()
 
 
