@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        command.main(args=args, prog_name="monet-edit", standalone_mode=False, obj={"argv": args})
+        code = command.main(args=args, prog_name="monet-edit", standalone_mode=False, obj={"argv": args})
+        # typer returns (not raises) the code of a typer.Exit, and of Ctrl-C as 130, in this mode
+        if code == 130:
+            err.print("interrupted")
+        return code if isinstance(code, int) else 0
     except MonetEditError as exc:
         if not getattr(exc, "echoed_by_rank0", False):
             alert.print(f"[red]error:[/] {error_prefix()}{escape(str(exc))}", markup=True, soft_wrap=True)
@@ -128,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         alert.print(f"[red]internal error:[/] {error_prefix()}{type(exc).__name__}: {escape(str(exc))} "
                   "(set MONET_EDIT_DEBUG=1 for the traceback)", markup=True, soft_wrap=True)
         return 1
-    return 0
 
 
 def run() -> None:

@@ -191,8 +191,8 @@ def launch(nproc: int, argv: list[str]) -> int:
 
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
-    logging.getLogger("torch.distributed.run").setLevel(logging.ERROR)
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # failures: our one line instead
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "--monitor_interval=0.2", "-m", "monet_edit"])
     args.training_script_args = list(argv)  # not parsed: argparse would match --nproc to its own options
     try:
@@ -207,9 +207,8 @@ def _report_failure(exc) -> int:
     import signal
 
     first = exc.get_first_failure()[1]
-    codes = {f.exitcode for f in exc.failures.values()}
-    if codes == {3}:
-        return 3  # the gate table and verdict were printed by rank 0
+    if {f.exitcode for f in exc.failures.values()} == {3}:
+        return 3  # only rank 0 fails a gate, after writing its results and printing the verdict
     if first.exitcode < 0:
         try:
             name = signal.Signals(-first.exitcode).name

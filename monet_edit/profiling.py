@@ -235,8 +235,9 @@ def profile_sharded(
         for shard in range(-(-total_rows // per)):
             name = f"shard-{shard:05d}.safetensors"
             if journal is not None and journal.has(name):
-                part = load(journal.path(name), model_fingerprint=meta.get("model_fingerprint")) \
-                    if group.main else None
+                path = journal.path(name)  # read on rank 0; a damaged part stops every rank with its name
+                part = group.on_main(lambda path=path: load(path, model_fingerprint=meta.get("model_fingerprint")),
+                                     share=False)
             else:
                 lo = shard * per
                 mine = torch.tensor(group.take(min(per, total_rows - lo), batch_size), dtype=torch.long) + lo

@@ -246,3 +246,34 @@ def test_more_ranks_than_gpus_is_a_usage_error(monkeypatch):
     with pytest.raises(UsageError, match="rank 1 needs GPU 1 but this machine has 1"):
         distributed.init("cuda")
     assert distributed.group().world == 1  # nothing was joined
+
+
+def test_resume_with_a_damaged_shard_is_one_line(tiny_ckpt, user_corpus, tmp_path, monkeypatch, capsys):
+    args = ["profile", "--corpus", str(user_corpus), "--model", str(tiny_ckpt), "--tokens", "3000",
+            "--seq-len", "32", "--shard-tokens", "256", "--out", str(tmp_path)]
+
+    def crash(*_a, **_k):
+        raise KeyboardInterrupt  # stopped after every shard was journalled, before the profile is published
+
+    with monkeypatch.context() as m:
+        m.setattr(profiling, "save", crash)
+        assert main(args) == 130
+    (partial,) = tmp_path.glob(".*.partial")
+    shard = partial / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "shard-00001.safetensors" in errors[0], err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("*.profile.safetensors"))
+
+
+def test_a_failed_gate_on_two_ranks_exits_3(tiny_ckpt, edited, tmp_path):
+    res = cli("eval", "--model", edited, "--base", tiny_ckpt, "--target", "law", "--suite", "loss", "--tokens", "300",
+              "--seq-len", "32", "--gate", "experts_masked<=0", "--out", tmp_path / "gated", "--nproc", "2")
+    assert res.code == 3, res.stderr
+    assert res.stderr.count("gate failed: experts_masked<=0") == 1, res.stderr  # rank 0's verdict, once
+    assert "Traceback" not in res.stderr and "exitcode" not in res.stderr
+    assert (tmp_path / "gated" / "results.json").is_file()  # results are written, then the gate fails

@@ -103,7 +103,8 @@ def execute(plan: Plan, log: Callable[[str], None] = lambda _: None,
             show: Callable[[dict], None] = lambda _: None) -> dict:
     """Run the plan, write results, show them, then enforce the gates (GateFailed, exit 3).
 
-    Under torchrun every rank runs this and gets the same numbers; rank 0 alone writes and shows."""
+    Under torchrun every rank runs this and gets the same numbers; rank 0 alone writes, shows and
+    fails on a gate (the other ranks end with 0, so torchrun never stops rank 0 while it writes)."""
     from .. import distributed, journal
     from . import report
     from .compare import evaluate
@@ -114,9 +115,10 @@ def execute(plan: Plan, log: Callable[[str], None] = lambda _: None,
     if results["edited"]["experts_masked"] == 0:
         results["notes"].append("the edited model masks no experts")
     results["gates"] = gates.check(plan.conditions, results["summary"])
-    if group.main:
-        report.write(results, plan.out, plan.force)
-        journal.discard(plan.out)
-        show(results)
+    if not group.main:
+        return results  # rank 0 writes, shows and enforces the gates (its exit code is the job's)
+    report.write(results, plan.out, plan.force)
+    journal.discard(plan.out)
+    show(results)
     gates.enforce(results["gates"])
     return results
