@@ -277,3 +277,13 @@ def test_a_failed_gate_on_two_ranks_exits_3(tiny_ckpt, edited, tmp_path):
     assert res.stderr.count("gate failed: experts_masked<=0") == 1, res.stderr  # rank 0's verdict, once
     assert "Traceback" not in res.stderr and "exitcode" not in res.stderr
     assert (tmp_path / "gated" / "results.json").is_file()  # results are written, then the gate fails
+
+
+def test_bad_input_under_bare_torchrun_is_reported_once(tiny_ckpt):
+    """Validation runs on rank 0 and its error is shared: one error line, not one per rank."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "monet_edit", "profile", "--domain", "astrology", "--model", str(tiny_ckpt)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "astrology" in errors[0], proc.stderr

@@ -56,12 +56,14 @@ def eval_command(
     from ..evaluation import execute, prepare, report
     from ..evaluation.harness import parse_tasks
 
-    plan = prepare(model, base, target, suites=suite, gate=gate, out=out, force=force, device=device,
-                   resume=resume, tokens=tokens, seq_len=seq_len, batch_size=batch_size, mcq_items=mcq_items,
-                   prompts=prompts, samples=samples, max_new_tokens=max_new_tokens, seed=seed,
-                   lm_eval=parse_tasks(lm_eval), lm_eval_include=lm_eval_include, lm_eval_limit=lm_eval_limit)
-    opt.maybe_launch(ctx, nproc)  # bad input failed above, once
-    distributed.init(device, nproc)
+    group = distributed.init(device, nproc)  # joins the job under torchrun; nothing otherwise
+    # Bad input fails here, once: checked by rank 0 under torchrun, before --nproc launches ranks.
+    plan = group.on_main(lambda: prepare(
+        model, base, target, suites=suite, gate=gate, out=out, force=force, device=device, resume=resume,
+        tokens=tokens, seq_len=seq_len, batch_size=batch_size, mcq_items=mcq_items, prompts=prompts,
+        samples=samples, max_new_tokens=max_new_tokens, seed=seed, lm_eval=parse_tasks(lm_eval),
+        lm_eval_include=lm_eval_include, lm_eval_limit=lm_eval_limit))
+    opt.maybe_launch(ctx, nproc)
     err.print(f"eval {plan.model} vs base {plan.base}: {plan.target.kind} {plan.target.name}, "
               f"suites {','.join(plan.params.suites)}"
               + (f", lm-eval {','.join(plan.params.lm_eval)}" if plan.params.lm_eval else ""))

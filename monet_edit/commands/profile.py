@@ -38,15 +38,19 @@ def profile(
     """
     from .. import checkpoint, distributed, loading, profiling, targets
 
-    target = targets.resolve(domain, language, toxicity, corpus)
-    names = target.corpora if target.kind in ("domain", "language") else [target.name]
-    if not distributed.launched():  # bad input fails here once, not once per rank
+    def check():
+        """Bad input fails here, once: on rank 0 under torchrun, before --nproc launches ranks."""
+        target = targets.resolve(domain, language, toxicity, corpus)
+        names = target.corpora if target.kind in ("domain", "language") else [target.name]
         checkpoint.resolve(model)
         loading.parse_device(device)
         for name in names:
             profiling.open_corpus(name)
+        return target, names
+
+    group = distributed.init(device, nproc)  # joins the job under torchrun; nothing otherwise
+    target, names = group.on_main(check)
     opt.maybe_launch(ctx, nproc)
-    group = distributed.init(device, nproc)
     paths = profiling.ensure_profiles(
         model, names, tokens=tokens, seq_len=seq_len, batch_size=batch_size, out_dir=out, device=device,
         resume=resume, shard_tokens=shard_tokens,
