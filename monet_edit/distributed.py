@@ -170,14 +170,10 @@ def _shutdown() -> None:
 # ---------------------------------------------------------------------------- launching
 
 
-def check_nproc(nproc: int | None) -> None:
-    if nproc is not None and nproc < 1:
-        raise UsageError(f"--nproc must be at least 1 (got {nproc})")
-
-
 def should_launch(nproc: int | None) -> bool:
     """--nproc N > 1 outside torchrun: this process becomes the launcher."""
-    check_nproc(nproc)
+    if nproc is not None and nproc < 1:
+        raise UsageError(f"--nproc must be at least 1 (got {nproc})")
     return nproc is not None and nproc > 1 and not launched()
 
 
@@ -203,7 +199,7 @@ def launch(nproc: int, argv: list[str]) -> int:
 
 
 def _report_failure(exc) -> int:
-    """One line for the first failing rank; its exit code (a gate failure on every rank stays 3)."""
+    """3 when rank 0 failed a gate (it printed the verdict); otherwise one line for the first failing rank."""
     import signal
 
     first = exc.get_first_failure()[1]

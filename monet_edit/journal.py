@@ -29,7 +29,7 @@ def location(output: Path) -> Path:
 
 
 class Journal:
-    """Parts of one job, named by the caller ('chunk-00003.safetensors', 'before-loss.json')."""
+    """Parts of one job, named by the caller ('shard-00003.safetensors', 'before-loss.json')."""
 
     def __init__(self, output: Path, job: dict[str, Any], group: Group, *, resume: bool) -> None:
         self.output = output

@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +245,7 @@ def profile_sharded(
                                      batch_size=batch_size, meta=meta, on_batch=bar.estimate)
                 part = _reduce(local, group)
                 if journal is not None and group.main:
-                    journal.write(name, serialise(Profile(part.n, part.S, part.S2, part.SY, part.sum_y,
-                                                          part.sum_y2, dict(meta, shard=shard))))
+                    journal.write(name, serialise(replace(part, meta=dict(meta, shard=shard))))
             if group.main:
                 total = part if total is None else total + part
                 bar.exact(total.n)
@@ -254,7 +253,7 @@ def profile_sharded(
         bar.stop()
     if total is None:
         return None
-    return Profile(total.n, total.S, total.S2, total.SY, total.sum_y, total.sum_y2, dict(meta, tokens=total.n))
+    return replace(total, meta=dict(meta, tokens=total.n))
 
 
 def labelled_stream(
