@@ -126,12 +126,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    except Exception as exc:  # a bug, not bad input: still one line unless debugging
-        if os.environ.get("MONET_EDIT_DEBUG"):
-            raise
-        alert.print(f"[red]internal error:[/] {error_prefix()}{type(exc).__name__}: {escape(str(exc))} "
-                  "(set MONET_EDIT_DEBUG=1 for the traceback)", markup=True, soft_wrap=True)
+    except OSError as exc:
+        from .atomic import STORAGE_ERRORS
+
+        if exc.errno not in STORAGE_ERRORS or os.environ.get("MONET_EDIT_DEBUG"):
+            return _internal(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        alert.print(f"[red]error:[/] {error_prefix()}{escape(where)}{escape(exc.strerror or str(exc))}",
+                    markup=True, soft_wrap=True)
         return 1
+    except Exception as exc:  # a bug, not bad input: still one line unless debugging
+        return _internal(exc)
+
+
+def _internal(exc: Exception) -> int:
+    """A bug, not bad input: still one line unless MONET_EDIT_DEBUG is set."""
+    from rich.markup import escape
+
+    from .distributed import error_prefix
+
+    if os.environ.get("MONET_EDIT_DEBUG"):
+        raise exc
+    alert.print(f"[red]internal error:[/] {error_prefix()}{type(exc).__name__}: {escape(str(exc))} "
+                "(set MONET_EDIT_DEBUG=1 for the traceback)", markup=True, soft_wrap=True)
+    return 1
 
 
 def run() -> None:

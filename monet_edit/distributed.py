@@ -93,6 +93,28 @@ class Group:
             start += t.numel()
         return pieces
 
+    def gather(self, tensors: Sequence) -> list[list]:
+        """Every rank's `tensors` (same shapes on every rank), in rank order, float64 on the CPU."""
+        import torch
+
+        out = [t.detach().to(torch.float64).cpu() for t in tensors]
+        if self.world == 1:
+            return [out]
+        import torch.distributed as dist
+
+        device = torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        flat = torch.cat([t.reshape(-1) for t in out]).to(device)
+        slots = [torch.empty_like(flat) for _ in range(self.world)]
+        dist.all_gather(slots, flat)
+        ranks = []
+        for slot in slots:
+            slot, pieces, start = slot.cpu(), [], 0
+            for t in out:
+                pieces.append(slot[start : start + t.numel()].view_as(t))
+                start += t.numel()
+            ranks.append(pieces)
+        return ranks
+
     def sum_numbers(self, values: Sequence[float]) -> list[float]:
         """Sums over ranks of plain numbers (float64; integer counts stay exact below 2**53)."""
         import torch

@@ -19,3 +19,7 @@ class GateFailed(MonetEditError):
     """A `--gate` condition did not hold (exit code 3)."""
 
     exit_code = 3
+
+
+class WriteError(MonetEditError):
+    """Storage refused a write (disk full, read-only, over a size limit): exit code 1."""

@@ -1,16 +1,21 @@
-"""Routing profiles: how much a model routes a corpus's tokens through each expert (DESIGN.md 3).
+"""Routing profiles: how much a model routes a corpus's tokens through each expert.
 
-Per routing group, over all E*E experts: n tokens, S = sum_t G(t) and, for labelled corpora,
-S2 = sum_t G(t)^2, SY = sum_t G(t) y(t), sum y, sum y^2 (enough for a Pearson correlation with the
-per-token label y). Every sum is a GEMM over tokens and heads, never the per-token E*E expansion,
-and sums add: the profile of A plus the profile of B is the profile of A and B together.
+Per routing group, over all E*E experts: n tokens and S = sum_t G(t) (a float64 GEMM over tokens
+and heads, never the per-token E*E expansion). Labelled corpora also keep, per expert, the centred
+second moment M2 = sum_t (G(t) - mean)^2 and the co-moment C = sum_t (G(t) - mean)(y(t) - mean_y),
+and for the label its sum and centred M2_y: enough for a Pearson correlation that does not cancel.
+These are computed exactly (two passes) over chunks of tokens and merged with Chan, Golub and
+LeVeque's pairwise update, so profiles still add: the profile of A plus the profile of B is the
+profile of A and B together, whatever the shard, batch or rank split, up to float64 rounding.
 
-File format: safetensors with float64 [groups, E, E] tensors `S` (and `S2`, `SY` when labelled)
-and a `monet_edit` metadata entry holding JSON {format, n, sum_y, sum_y2, meta}.
+File format 2: safetensors with float64 [groups, E, E] tensors `S` (and `M2`, `C` when labelled)
+and a `monet_edit` metadata entry holding JSON {format, n, sum_y, m2_y, meta}. Format 1 stored raw
+power sums (S2, SY) whose one-pass correlation cancelled; such files are refused (re-profile).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -23,33 +28,40 @@ from typing import Any
 
 import torch
 
-from . import atomic, checkpoint, corpora, distributed, provenance, scoring
+from . import atomic, checkpoint, corpora, distributed, locks, provenance, scoring
 from .console import err
 from .errors import UsageError
 from .journal import Journal
 
-FORMAT = 1
+FORMAT = 2
+OLD_FORMATS = (1,)  # refused with a line saying to re-profile; the cache recomputes them
 META_KEY = "monet_edit"
 HOLDOUT_EVERY = 5  # one profile-split document in five is held out (budget rule), never profiled
 PRIME_DOCS = 512  # documents whose words are scored together (labelled profiles)
 SHARD_TOKENS = 1 << 20  # tokens per journalled shard: the unit of --resume and of rank hand-out
+CHUNK_ELEMENTS = 1 << 22  # labelled profiles expand G for this many (token, expert) pairs at a time
+ROUNDING = 2.0**-40  # a variance below (ROUNDING * |mean|)^2 per token is rounding noise: treated as 0
+
+
+class StaleProfile(UsageError):
+    """A profile file of an older format: readable, but its statistics must be recomputed."""
 
 
 @dataclass
 class Profile:
-    """Routing statistics of one model on one corpus (sums, so profiles of shards add)."""
+    """Routing statistics of one model on one corpus (mergeable, so profiles of shards add)."""
 
     n: int
     S: torch.Tensor
-    S2: torch.Tensor | None = None
-    SY: torch.Tensor | None = None
+    M2: torch.Tensor | None = None
+    C: torch.Tensor | None = None
     sum_y: float | None = None
-    sum_y2: float | None = None
+    m2_y: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def labelled(self) -> bool:
-        return self.SY is not None
+        return self.C is not None
 
     @property
     def groups(self) -> int:
@@ -70,14 +82,12 @@ class Profile:
             raise UsageError(
                 f"profile of {corpus} has no token labels; a correlation needs a labelled corpus (--toxicity)"
             )
-        n = float(self.n)
-        cov = n * self.SY - self.S * self.sum_y
-        var_g = (n * self.S2 - self.S * self.S).clamp(min=0.0)
-        var_y = max(n * self.sum_y2 - self.sum_y * self.sum_y, 0.0)
+        mean_y = self.sum_y / self.n
+        var_g = torch.where(self.M2 > self.n * (ROUNDING * self.mean()) ** 2, self.M2, 0.0)
+        var_y = self.m2_y if self.m2_y > self.n * (ROUNDING * mean_y) ** 2 else 0.0
         den = torch.sqrt(var_g * var_y)
-        return torch.where(
-            den > 0, cov / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den)
-        )
+        r = torch.where(den > 0, self.C / torch.where(den > 0, den, torch.ones_like(den)), 0.0)
+        return r.clamp(-1.0, 1.0)
 
     def __add__(self, other: Profile) -> Profile:
         for key in ("model_fingerprint", "corpus_fingerprint"):
@@ -88,37 +98,66 @@ class Profile:
                 )
         if self.S.shape != other.S.shape or self.labelled != other.labelled:
             raise UsageError("cannot add profiles of different shapes or with and without labels")
+        merged = merge(self, other)
+        return replace(merged, meta=dict(self.meta, tokens=merged.n))
 
-        def add(a, b):
-            return None if a is None else a + b
 
-        n = self.n + other.n
-        return Profile(
-            n,
-            self.S + other.S,
-            add(self.S2, other.S2),
-            add(self.SY, other.SY),
-            add(self.sum_y, other.sum_y),
-            add(self.sum_y2, other.sum_y2),
-            dict(self.meta, tokens=n),
-        )
+def merge(a: Profile, b: Profile) -> Profile:
+    """The statistics of a and b together (Chan et al.'s update: centred moments never cancel)."""
+    n = a.n + b.n
+    if not a.labelled:
+        return Profile(n, a.S + b.S, meta=a.meta)
+    f = a.n * b.n / n
+    d = b.S / b.n - a.S / a.n
+    dy = b.sum_y / b.n - a.sum_y / a.n
+    return Profile(n, a.S + b.S, a.M2 + b.M2 + d * d * f, a.C + b.C + d * (dy * f),
+                   a.sum_y + b.sum_y, a.m2_y + b.m2_y + dy * dy * f, a.meta)
+
+
+def merge_all(parts: list[Profile]) -> Profile:
+    """Merge in the given order (a fixed order gives the same bytes on every run)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = merge(total, part)
+    return total
 
 
 # ---------------------------------------------------------------------------- accumulation
 
 
-def _stats(g1: torch.Tensor, g2: torch.Tensor, y: torch.Tensor | None) -> list[torch.Tensor]:
-    """One group's sums over a batch as GEMMs. g1, g2: [N, H, E] fp32; y: [N] or None."""
+def group_stats(g1: torch.Tensor, g2: torch.Tensor, y: torch.Tensor | None) -> Profile:
+    """One group's statistics over N tokens. g1, g2: [N, H, E]; y: [N] or None. Float64 throughout.
+
+    Unlabelled: S as one GEMM over [N*H, E]. Labelled: G expanded for a chunk of tokens at a time
+    (CHUNK_ELEMENTS bounds the memory), centred exactly within the chunk, chunks merged."""
+    g1, g2 = g1.double(), g2.double()
     N, H, E = g1.shape
-    a, b = g1.reshape(N * H, E), g2.reshape(N * H, E)
-    out = [a.T @ b]
-    if y is not None:
-        # G_ij^2 = sum_{h,h'} g1[h,i] g1[h',i] g2[h,j] g2[h',j]: one GEMM over [N*H*H, E].
-        p1 = (g1.unsqueeze(2) * g1.unsqueeze(1)).reshape(N * H * H, E)
-        p2 = (g2.unsqueeze(2) * g2.unsqueeze(1)).reshape(N * H * H, E)
-        out.append(p1.T @ p2)
-        out.append((g1 * y[:, None, None]).reshape(N * H, E).T @ b)
-    return out
+    if y is None:
+        S = g1.reshape(N * H, E).T @ g2.reshape(N * H, E)
+        return Profile(N, S[None])
+    y = y.double()
+    step = max(1, CHUNK_ELEMENTS // (E * E))
+    parts = []
+    for lo in range(0, N, step):
+        a, b, yy = g1[lo : lo + step], g2[lo : lo + step], y[lo : lo + step]
+        G = torch.einsum("nhi,nhj->nij", a, b)  # [c, E, E]
+        S = G.sum(0)
+        G -= S / len(yy)
+        yc = yy - yy.mean()
+        M2 = torch.einsum("nij,nij->ij", G, G)
+        C = torch.einsum("n,nij->ij", yc, G)
+        parts.append(Profile(len(yy), S[None], M2[None], C[None], float(yy.sum()), float(yc @ yc)))
+    return merge_all(parts)
+
+
+def stack_groups(per_group: list[Profile], meta: dict | None = None) -> Profile:
+    """Per-group statistics of the same tokens as one [groups, E, E] profile."""
+    first = per_group[0]
+
+    def cat(name: str) -> torch.Tensor | None:
+        return None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in per_group])
+
+    return Profile(first.n, cat("S"), cat("M2"), cat("C"), first.sum_y, first.m2_y, dict(meta or {}))
 
 
 @torch.inference_mode()
@@ -133,35 +172,33 @@ def profile_rows(
 ) -> Profile:
     """Profile every token of `batch_rows` [N, T] (labels: per-token y [N, T] or None);
     `on_batch(tokens)` is called after each batch (progress)."""
-    cfg = model.config
     device = next(model.parameters()).device
-    groups, E = cfg.num_groups, cfg.moe_experts
-    k = 1 if labels is None else 3
-    totals = [torch.zeros(groups, E, E, dtype=torch.float64, device=device) for _ in range(k)]
-    sum_y = sum_y2 = 0.0
-    n = 0
+    parts: list[Profile] = []
     for start in range(0, batch_rows.shape[0], batch_size):
         ids = batch_rows[start : start + batch_size].to(device)
         routing: list = []
         model.model(ids, routing=routing)
-        y = None
-        if labels is not None:
-            y64 = labels[start : start + batch_size].reshape(-1).to(device, torch.float64)
-            sum_y += float(y64.sum())
-            sum_y2 += float((y64 * y64).sum())
-            y = y64.float()
-        for g, (g1, g2) in enumerate(routing):
-            flat1 = g1.reshape(-1, *g1.shape[2:]).float()
-            flat2 = g2.reshape(-1, *g2.shape[2:]).float()
-            for total, part in zip(totals, _stats(flat1, flat2, y), strict=True):
-                total[g] += part.double()
-        n += ids.numel()
+        y = None if labels is None else labels[start : start + batch_size].reshape(-1).to(device)
+        per_group = [group_stats(g1.reshape(-1, *g1.shape[2:]), g2.reshape(-1, *g2.shape[2:]), y)
+                     for g1, g2 in routing]
+        parts.append(_to_cpu(stack_groups(per_group)))
         if on_batch is not None:
             on_batch(ids.numel())
-    cpu = [t.cpu() for t in totals]
-    if labels is None:
-        return Profile(n, cpu[0], meta=dict(meta or {}, tokens=n))
-    return Profile(n, cpu[0], cpu[1], cpu[2], sum_y, sum_y2, dict(meta or {}, tokens=n))
+    if not parts:
+        cfg = model.config
+        zeros = torch.zeros(cfg.num_groups, cfg.moe_experts, cfg.moe_experts, dtype=torch.float64)
+        labelled = labels is not None
+        return Profile(0, zeros, zeros.clone() if labelled else None, zeros.clone() if labelled else None,
+                       0.0 if labelled else None, 0.0 if labelled else None, dict(meta or {}, tokens=0))
+    total = merge_all(parts)
+    return replace(total, meta=dict(meta or {}, tokens=total.n))
+
+
+def _to_cpu(p: Profile) -> Profile:
+    def cpu(t):
+        return None if t is None else t.cpu()
+
+    return replace(p, S=cpu(p.S), M2=cpu(p.M2), C=cpu(p.C))
 
 
 class _Bar:
@@ -192,13 +229,20 @@ class _Bar:
 
 
 def _reduce(local: Profile, group: distributed.Group) -> Profile:
-    """The sum of every rank's `local` profile, on every rank."""
-    tensors = [local.S] + ([local.S2, local.SY] if local.labelled else [])
-    summed = group.sum(tensors)
-    n, sum_y, sum_y2 = group.sum_numbers([local.n, local.sum_y or 0.0, local.sum_y2 or 0.0])
+    """Every rank's `local` profile merged, on every rank: sums are all-reduced; centred moments
+    are gathered and merged in rank order (a sum of them would be wrong)."""
     if not local.labelled:
-        return Profile(int(n), summed[0], meta=local.meta)
-    return Profile(int(n), summed[0], summed[1], summed[2], sum_y, sum_y2, local.meta)
+        (S,) = group.sum([local.S])
+        (n,) = group.sum_numbers([local.n])
+        return Profile(int(n), S, meta=local.meta)
+    tensors = [local.S, local.M2, local.C,
+               torch.tensor([local.n, local.sum_y, local.m2_y], dtype=torch.float64)]
+    parts = []
+    for S, M2, C, head in group.gather(tensors):
+        n, sum_y, m2_y = head.tolist()
+        if n > 0:
+            parts.append(Profile(int(n), S, M2, C, sum_y, m2_y, local.meta))
+    return merge_all(parts) if parts else local
 
 
 def shard_rows(shard_tokens: int, seq_len: int, batch_size: int) -> int:
@@ -330,13 +374,13 @@ def serialise(profile: Profile) -> bytes:
 
     tensors = {"S": profile.S}
     if profile.labelled:
-        tensors.update(S2=profile.S2, SY=profile.SY)
+        tensors.update(M2=profile.M2, C=profile.C)
     tensors = {k: v.to(torch.float64).contiguous() for k, v in tensors.items()}
     head = {
         "format": FORMAT,
         "n": profile.n,
         "sum_y": profile.sum_y,
-        "sum_y2": profile.sum_y2,
+        "m2_y": profile.m2_y,
         "meta": profile.meta,
     }
     return st_save(tensors, metadata={META_KEY: json.dumps(head, sort_keys=True)})
@@ -350,22 +394,27 @@ def load(path: str | Path, *, model_fingerprint: str | None = None, config=None)
     tensors, head = read_tagged(path, META_KEY, "monet-edit profile")
     if not isinstance(head, dict) or not isinstance(head.get("meta"), dict):
         raise UsageError(f"{path}: not a monet-edit profile (no profile metadata)")
+    if head.get("format") in OLD_FORMATS:
+        raise StaleProfile(f"{path}: profile format {head['format']} was written by an older monet-edit "
+                           f"(unstable statistics); re-profile it with `monet-edit profile`")
     if head.get("format") != FORMAT:
         raise UsageError(
             f"{path}: profile format {head.get('format')!r} is not supported (expected {FORMAT})"
         )
     S = tensors.get("S")
-    labelled = "SY" in tensors
-    if S is None or S.dim() != 3 or S.shape[1] != S.shape[2] or set(tensors) - {"S", "S2", "SY"}:
-        raise UsageError(f"{path}: profile tensors must be S (and S2, SY) of shape [groups, E, E]")
-    if labelled != ("S2" in tensors) or any(t.shape != S.shape for t in tensors.values()):
-        raise UsageError(f"{path}: profile tensors S, S2, SY must all be present with the same shape")
+    labelled = "C" in tensors
+    if S is None or S.dim() != 3 or S.shape[1] != S.shape[2] or set(tensors) - {"S", "M2", "C"}:
+        raise UsageError(f"{path}: profile tensors must be S (and M2, C) of shape [groups, E, E]")
+    if labelled != ("M2" in tensors) or any(t.shape != S.shape for t in tensors.values()):
+        raise UsageError(f"{path}: profile tensors S, M2, C must all be present with the same shape")
     n = head.get("n")
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise UsageError(f"{path}: profile is empty (token count {n!r})")
-    sums = [head.get("sum_y"), head.get("sum_y2")]
+    sums = [head.get("sum_y"), head.get("m2_y")]
     if labelled and not all(isinstance(s, (int, float)) and math.isfinite(s) for s in sums):
-        raise UsageError(f"{path}: labelled profile lacks finite sum_y and sum_y2")
+        raise UsageError(f"{path}: labelled profile lacks finite sum_y and m2_y")
+    if labelled and (sums[1] < 0 or bool((tensors["M2"] < 0).any())):
+        raise UsageError(f"{path}: profile holds a negative centred second moment")
     if any(not bool(torch.isfinite(t).all()) for t in tensors.values()):
         raise UsageError(f"{path}: profile holds NaN or infinite values")
     meta = head["meta"]
@@ -380,7 +429,7 @@ def load(path: str | Path, *, model_fingerprint: str | None = None, config=None)
             f"[{config.num_groups}, {config.moe_experts}, {config.moe_experts}]"
         )
     if labelled:
-        return Profile(n, S, tensors["S2"], tensors["SY"], float(sums[0]), float(sums[1]), meta)
+        return Profile(n, S, tensors["M2"], tensors["C"], float(sums[0]), float(sums[1]), meta)
     return Profile(n, S, meta=meta)
 
 
@@ -454,58 +503,78 @@ def ensure_profiles(
     for key, corpus in built.items():
         path = profile_path(out, corpus, model_fp, tokens, seq_len)
         paths[key] = path
-        if group.on_main(lambda path=path: _cached(path, model_fp)):
-            reused.append(corpus.spec.name)
-            continue
-        if model is None:
-            dev = distributed.rank_device(device, group)
-            model, tokenizer = load_model(directory, device=dev), load_tokenizer(directory)
-        labels = corpus.spec.kind == "toxicity"
-        per_shard = shard_rows(shard_tokens, seq_len, batch_size)
-        job = {"model_fingerprint": model_fp, "corpus_fingerprint": corpus.fingerprint, "tokens": tokens,
-               "seq_len": seq_len, "batch_size": batch_size, "shard_rows": per_shard, "labelled": labels}
-        journal = Journal(path, job, group, resume=resume)
-        if journal.note and not quiet:
-            err.print(f"profile {corpus.spec.name}: {journal.note}", soft_wrap=True)
-        fit, _ = split_profile_docs(corpus.load("profile"))
-        resolved = str(Path(key).expanduser().resolve())
-        ref = resolved if corpus.spec.source == resolved else corpus.spec.name  # user corpora: their path
-        meta = {
-            "model_fingerprint": model_fp,
-            "model": str(model_source),
-            "corpus": corpus.spec.name,
-            "corpus_ref": ref,
-            "corpus_kind": corpus.spec.kind,
-            "corpus_fingerprint": corpus.fingerprint,
-            "split": "profile",
-            "docs": f"fit ({HOLDOUT_EVERY - 1} in {HOLDOUT_EVERY} documents)",
-        }
-        started = time.perf_counter()
-        prof = profile_corpus(model, tokenizer, fit, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
-                              labels=labels, meta=meta, shard_tokens=shard_tokens, group=group,
-                              journal=journal)
-        seconds = time.perf_counter() - started
-        if group.main:
-            save(prof, path)
-            journal.finish()
-            if not quiet:
-                ranks = f" on {group.world} ranks" if group.world > 1 else ""
-                err.print(
-                    f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s{ranks} "
-                    f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}",
-                    soft_wrap=True,
-                )
+        with contextlib.ExitStack() as held:
+
+            def claim(path=path, name=corpus.spec.name, held=held) -> bool:
+                """On rank 0: True if the profile is cached; else hold its lock (another process
+                computing it is waited for, and its result reused)."""
+                if _cached(path, model_fp, quiet=True):
+                    return True
+                held.enter_context(locks.hold(path, f"profiling {name}", say=None if quiet else _say))
+                return _cached(path, model_fp, quiet)
+
+            if group.on_main(claim):
+                reused.append(corpus.spec.name)
+                continue
+            if model is None:
+                dev = distributed.rank_device(device, group)
+                model, tokenizer = load_model(directory, device=dev), load_tokenizer(directory)
+            labels = corpus.spec.kind == "toxicity"
+            per_shard = shard_rows(shard_tokens, seq_len, batch_size)
+            job = {"model_fingerprint": model_fp, "corpus_fingerprint": corpus.fingerprint, "tokens": tokens,
+                   "seq_len": seq_len, "batch_size": batch_size, "shard_rows": per_shard, "labelled": labels}
+            journal = Journal(path, job, group, resume=resume)
+            if journal.note and not quiet:
+                err.print(f"profile {corpus.spec.name}: {journal.note}", soft_wrap=True)
+            fit, _ = split_profile_docs(corpus.load("profile"))
+            resolved = str(Path(key).expanduser().resolve())
+            ref = resolved if corpus.spec.source == resolved else corpus.spec.name  # user corpora: their path
+            meta = {
+                "model_fingerprint": model_fp,
+                "model": str(model_source),
+                "corpus": corpus.spec.name,
+                "corpus_ref": ref,
+                "corpus_kind": corpus.spec.kind,
+                "corpus_fingerprint": corpus.fingerprint,
+                "split": "profile",
+                "docs": f"fit ({HOLDOUT_EVERY - 1} in {HOLDOUT_EVERY} documents)",
+            }
+            started = time.perf_counter()
+            prof = profile_corpus(model, tokenizer, fit, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
+                                  labels=labels, meta=meta, shard_tokens=shard_tokens, group=group,
+                                  journal=journal)
+            seconds = time.perf_counter() - started
+            if group.main:
+                save(prof, path)
+                journal.finish()
+                if not quiet:
+                    ranks = f" on {group.world} ranks" if group.world > 1 else ""
+                    err.print(
+                        f"profile {corpus.spec.name}: {prof.n:,} tokens in {seconds:.1f} s{ranks} "
+                        f"({prof.n / max(seconds, 1e-9):,.0f} tokens/s) -> {path}",
+                        soft_wrap=True,
+                    )
     group.barrier()  # the profiles exist before any rank moves on
     if reused and not quiet:
         err.print(f"reused {len(reused)} profile(s) from {out}: {', '.join(reused)}", soft_wrap=True)
     return paths
 
 
-def _cached(path: Path, model_fp: str) -> bool:
-    """True when a valid profile is already at `path` (a damaged cache file fails, with its name)."""
+def _say(line: str) -> None:
+    err.print(line, soft_wrap=True)
+
+
+def _cached(path: Path, model_fp: str, quiet: bool = False) -> bool:
+    """True when a valid profile is already at `path` (a damaged cache file fails, with its name;
+    one of an older format is recomputed)."""
     if not path.is_file():
         return False
-    load(path, model_fingerprint=model_fp)
+    try:
+        load(path, model_fingerprint=model_fp)
+    except StaleProfile:
+        if not quiet:
+            err.print(f"{path.name}: older profile format, recomputing", soft_wrap=True)
+        return False
     return True
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import atomic, provenance, remote_code, tomlconfig
+from . import atomic, locks, provenance, remote_code, tomlconfig
 from .config import MonetConfig
 from .console import err
 from .errors import UsageError
@@ -90,10 +90,7 @@ def _docs_capped(docs: list[dict], limit: int) -> list[str]:
 
 def prepare_data(recipe: dict, run_dir: Path) -> TrainData:
     """Tokenizer and token arrays, cached in run_dir/data keyed by corpus fingerprints."""
-    from tokenizers import Tokenizer
-
     from . import corpora
-    from .bpe import train_bpe
 
     names = _corpus_names(recipe)
     built = {n: corpora.build(n) for n in names}
@@ -102,26 +99,38 @@ def prepare_data(recipe: dict, run_dir: Path) -> TrainData:
            "train_chars": recipe["tokenizer"]["train_chars"], "max_train_chars": recipe["data"]["max_train_chars"]}
     data_dir = run_dir / "data"
     meta_path = data_dir / "meta.json"
-    if not (meta_path.exists() and json.loads(meta_path.read_text()) == key):
-        err.print(f"preparing data: {len(names)} corpora, training a {key['vocab_size']}-token BPE")
-        train_texts = {n: _docs_capped(b.load("train"), recipe["data"]["max_train_chars"]) for n, b in built.items()}
-        share = recipe["tokenizer"]["train_chars"] // len(names)
-        sample = [t for n in names for t in _docs_capped([{"text": x} for x in train_texts[n]], share)]
-        with atomic.output_dir(data_dir, force=True) as tmp:
-            train_bpe(sample, recipe["tokenizer"]["vocab_size"], tmp / "tokenizer.json")
-            tok = Tokenizer.from_file(str(tmp / "tokenizer.json"))
-            for n, b in built.items():
-                for split, texts in (("train", train_texts[n]), ("eval", [d["text"] for d in b.load("eval")])):
-                    ids: list[int] = []
-                    for enc in tok.encode_batch(texts, add_special_tokens=False):
-                        ids.extend([1, *enc.ids, 2])
-                    np.save(tmp / f"{n}.{split}.npy", np.asarray(ids, dtype=np.int32), allow_pickle=False)
-            (tmp / "meta.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+    with locks.hold(data_dir, "preparing training data", say=err.print):
+        _prepare(recipe, names, built, key, data_dir, meta_path)
     train = [np.load(data_dir / f"{n}.train.npy", allow_pickle=False) for n in names]
     evals = [np.load(data_dir / f"{n}.eval.npy", allow_pickle=False) for n in names]
     sizes = torch.tensor([float(len(t)) for t in train])
     weights = sizes.pow(recipe["data"]["mix_temperature"])
     return TrainData(names, train, evals, weights / weights.sum(), data_dir / "tokenizer.json", fingerprints)
+
+
+def _prepare(recipe: dict, names: list[str], built: dict, key: dict, data_dir: Path, meta_path: Path) -> None:
+    """Tokenizer and token arrays into data_dir, unless a matching preparation is there."""
+    from tokenizers import Tokenizer
+
+    from .bpe import train_bpe
+
+    if meta_path.exists() and json.loads(meta_path.read_text()) == key:
+        return
+    err.print(f"preparing data: {len(names)} corpora, training a {key['vocab_size']}-token BPE")
+    train_texts = {n: _docs_capped(b.load("train"), recipe["data"]["max_train_chars"]) for n, b in built.items()}
+    share = recipe["tokenizer"]["train_chars"] // len(names)
+    sample = [t for n in names for t in _docs_capped([{"text": x} for x in train_texts[n]], share)]
+    with atomic.output_dir(data_dir, force=True) as tmp:
+        train_bpe(sample, recipe["tokenizer"]["vocab_size"], tmp / "tokenizer.json")
+        tok = Tokenizer.from_file(str(tmp / "tokenizer.json"))
+        for n, b in built.items():
+            for split, texts in (("train", train_texts[n]), ("eval", [d["text"] for d in b.load("eval")])):
+                ids: list[int] = []
+                for enc in tok.encode_batch(texts, add_special_tokens=False):
+                    ids.extend([1, *enc.ids, 2])
+                np.save(tmp / f"{n}.{split}.npy", np.asarray(ids, dtype=np.int32), allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+
 
 
 def batch(data: TrainData, seed: int, step: int, batch_size: int, seq_len: int) -> torch.Tensor:

@@ -39,12 +39,15 @@ def _profiles(directory: Path) -> dict[str, profiling.Profile]:
 
 
 def _same_profile(a: profiling.Profile, b: profiling.Profile) -> None:
+    """Equal up to what the ranks may legitimately change: the fp32 routing (another thread count
+    per process) and the order of float64 merges; a bound of 16 fp32 ulps per token and term."""
     assert a.n == b.n and a.labelled == b.labelled
-    for x, y in [(a.S, b.S), (a.S2, b.S2), (a.SY, b.SY)]:
-        if x is not None:
-            torch.testing.assert_close(x, y, rtol=1e-12, atol=0)  # float64 sums in another order
+    tol = 16 * a.n * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(a.S, b.S, rtol=0, atol=tol)
     if a.labelled:
-        assert a.sum_y == pytest.approx(b.sum_y, rel=1e-12) and a.sum_y2 == pytest.approx(b.sum_y2, rel=1e-12)
+        torch.testing.assert_close(a.M2, b.M2, rtol=0, atol=tol)
+        torch.testing.assert_close(a.C, b.C, rtol=0, atol=tol * (a.m2_y / a.n) ** 0.5)
+        assert a.sum_y == pytest.approx(b.sum_y, rel=1e-12) and a.m2_y == pytest.approx(b.m2_y, rel=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def user_corpus(tmp_path_factory) -> Path:
 
 
 def test_profile_on_two_ranks_equals_one_process(tiny_ckpt, tmp_path):
-    """A labelled profile (S, S2, SY, sums of y); the unlabelled path is checked with --resume below."""
+    """A labelled profile (S, M2, C, y statistics); the unlabelled path is checked with --resume below."""
     common = ["profile", "--toxicity", "--model", str(tiny_ckpt), *PROFILE]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     res = cli(*common, "--out", tmp_path / "two", "--nproc", "2")
@@ -68,7 +71,8 @@ def test_profile_on_two_ranks_equals_one_process(tiny_ckpt, tmp_path):
         _same_profile(one[name], two[name])
         assert one[name].labelled
         assert one[name].n > 10 * 512  # several shards were dealt out
-    assert not list((tmp_path / "two").glob(".*"))  # journal removed once the profile is published
+    # journal removed once the profile is published; only the lock file (no data) stays
+    assert [p.name for p in (tmp_path / "two").glob(".*")] == [f".{name}.lock" for name in two]
 
 
 @pytest.fixture(scope="module")

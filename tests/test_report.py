@@ -151,9 +151,10 @@ def _synthetic(seed: int, labelled: bool = False):
     meta = {"model_fingerprint": "m", "corpus": f"c{seed}"}
     if not labelled:
         return Profile(100, S, meta=meta)
-    S2 = S * S / 100 + torch.rand(2, 6, 6, generator=gen, dtype=torch.float64)
-    SY = S * torch.rand(2, 6, 6, generator=gen, dtype=torch.float64)
-    return Profile(100, S, S2, SY, 40.0, 30.0, meta)
+    M2 = (torch.rand(2, 6, 6, generator=gen, dtype=torch.float64) + 0.1) * (S > 0)  # unused: no variance
+    r = torch.rand(2, 6, 6, generator=gen, dtype=torch.float64) * 2 - 1
+    m2_y = 14.0
+    return Profile(100, S, M2, r * (M2 * m2_y).sqrt(), 40.0, m2_y, meta)
 
 
 @pytest.mark.parametrize("rule, params", [("skew", {"ratio": 2.0}), ("budget", {}), ("corr", {"threshold": 0.1})])

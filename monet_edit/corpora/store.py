@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import locks
 from .._version import __version__
 from ..atomic import output_dir
 from ..errors import MonetEditError, UsageError
@@ -222,6 +223,22 @@ def build(name: str, *, source: str = "local", force: bool = False) -> BuiltCorp
         done = read_built(spec, target, source)
         if done is not None:
             return done
+    with locks.hold(target, f"building corpus {spec.name}", say=say):
+        if not force:  # another process may have built it while this one waited
+            done = read_built(spec, target, source)
+            if done is not None:
+                return done
+        return _build(spec, target, source)
+
+
+def say(line: str) -> None:
+    """A waiting line on stderr (corpus builds are library code below the CLI)."""
+    from ..console import err
+
+    err.print(line, soft_wrap=True)
+
+
+def _build(spec: CorpusSpec, target: Path, source: str) -> BuiltCorpus:
     started = time.perf_counter()
     extra: dict = {}
     if source == "hub":

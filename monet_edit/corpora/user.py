@@ -8,10 +8,11 @@ import re
 import time
 from pathlib import Path
 
+from .. import locks
 from ..errors import UsageError
 from . import sources
 from .registry import CorpusSpec
-from .store import BuiltCorpus, cache_dir, dedupe, read_built, write_corpus
+from .store import BuiltCorpus, cache_dir, dedupe, read_built, say, write_corpus
 
 TEXT_EXTS = (".txt", ".text", ".md")
 JSONL_EXTS = (".jsonl", ".ndjson")
@@ -109,4 +110,8 @@ def user_corpus(path: str | Path) -> BuiltCorpus:
     done = read_built(spec, target, spec.source)
     if done is not None:
         return done
-    return write_corpus(spec, docs, target, source=spec.source, started=started)
+    with locks.hold(target, f"building corpus {name}", say=say):
+        done = read_built(spec, target, spec.source)  # built by another process meanwhile?
+        if done is not None:
+            return done
+        return write_corpus(spec, docs, target, source=spec.source, started=started)

@@ -7,6 +7,7 @@ model runs; `execute` computes the suites, writes results.json + results.md, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -105,20 +106,22 @@ def execute(plan: Plan, log: Callable[[str], None] = lambda _: None,
 
     Under torchrun every rank runs this and gets the same numbers; rank 0 alone writes, shows and
     fails on a gate (the other ranks end with 0, so torchrun never stops rank 0 while it writes)."""
-    from .. import distributed, journal
+    from .. import distributed, journal, locks
     from . import report
     from .compare import evaluate
 
     group = distributed.group()
-    results = evaluate(plan.base, plan.model, plan.target, plan.params, device=plan.device, log=log,
-                       journal_for=plan.out, resume=plan.resume)
-    if results["edited"]["experts_masked"] == 0:
-        results["notes"].append("the edited model masks no experts")
-    results["gates"] = gates.check(plan.conditions, results["summary"])
-    if not group.main:
-        return results  # rank 0 writes, shows and enforces the gates (its exit code is the job's)
-    report.write(results, plan.out, plan.force)
-    journal.discard(plan.out)
+    with contextlib.ExitStack() as held:  # one eval at a time writes (and journals) plan.out
+        group.on_main(lambda: held.enter_context(locks.hold(Path(plan.out), "evaluating", say=log)), share=False)
+        results = evaluate(plan.base, plan.model, plan.target, plan.params, device=plan.device, log=log,
+                           journal_for=plan.out, resume=plan.resume)
+        if results["edited"]["experts_masked"] == 0:
+            results["notes"].append("the edited model masks no experts")
+        results["gates"] = gates.check(plan.conditions, results["summary"])
+        if not group.main:
+            return results  # rank 0 writes, shows and enforces the gates (its exit code is the job's)
+        report.write(results, plan.out, plan.force)
+        journal.discard(plan.out)
     show(results)
     gates.enforce(results["gates"])
     return results
