@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monet_edit.model import MonetForCausalLM
+from monet_edit.model.monet import MonetForCausalLM
 
 
 def relu2(x: torch.Tensor) -> torch.Tensor:

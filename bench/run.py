@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 import einsum_baseline  # noqa: E402
 
-from monet_edit import kernels, profiling  # noqa: E402
-from monet_edit.config import MonetConfig  # noqa: E402
-from monet_edit.model import MonetForCausalLM  # noqa: E402
+from monet_edit import kernels, profiling
+from monet_edit.model.config import MonetConfig
+from monet_edit.model.monet import MonetForCausalLM
 
 # Routing groups of 4 layers as in every released Monet; a vocabulary small enough that the lm_head
 # weighs about what it does next to 24 expert layers (here there are 4).

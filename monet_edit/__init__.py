@@ -11,7 +11,7 @@ __all__ = ["__version__", "load_model", "load_tokenizer"]
 
 def __getattr__(name: str):
     if name in ("load_model", "load_tokenizer"):
-        from . import loading
+        from .model import loading
 
         return getattr(loading, name)
     raise AttributeError(f"module 'monet_edit' has no attribute {name!r}")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from monet_edit.config import MonetConfig
-from monet_edit.model import MonetForCausalLM
+from monet_edit.model.config import MonetConfig
+from monet_edit.model.monet import MonetForCausalLM
 
 
 def tiny_config(decompose: str = "horizontal", **overrides) -> MonetConfig:
@@ -58,7 +58,7 @@ def write_tokenizer(path: Path, vocab_size: int = 300) -> int:
     """Train a small byte-level BPE (ours, with <pad>, <s>, </s>); returns its vocabulary size."""
     from tokenizers import Tokenizer
 
-    from monet_edit.bpe import train_bpe
+    from monet_edit.model.bpe import train_bpe
 
     text = ["def main():\n    return 0\n", "The law of the land.", "Der Hund ist gross."] * 50
     return Tokenizer.from_file(str(train_bpe(text, vocab_size, path / "tokenizer.json"))).get_vocab_size()
@@ -73,7 +73,7 @@ def write_tiny_checkpoint(path: Path, decompose: str = "horizontal", seed: int =
     if masks:
         from safetensors.torch import load_file, save_file
 
-        from monet_edit.checkpoint import mask_key
+        from monet_edit.model.checkpoint import mask_key
 
         sd = load_file(str(path / "model.safetensors"))
         for g, m in masks.items():

@@ -69,7 +69,7 @@ def world(tmp_path_factory, tiny_ckpt):
     w["other_model"] = write_checkpoint(big, root / "other_model")
     w["exists"] = root / "exists"
     w["exists"].mkdir()
-    from monet_edit import pipeline
+    from monet_edit.editing import pipeline
 
     law = pipeline.find("law").read_text()
     for name, text in {

@@ -47,8 +47,8 @@ def test_build_calibrates_routing_to_about_topk():
 
 def test_flops_count_matches_parameters():
     """The MFU numerator counts each weight twice per token (plus attention), embeddings excluded."""
-    from monet_edit.config import MonetConfig
-    from monet_edit.model import MonetForCausalLM
+    from monet_edit.model.config import MonetConfig
+    from monet_edit.model.monet import MonetForCausalLM
 
     cfg = MonetConfig(**bench.QUICK, moe_decompose="horizontal").validate()
     model = MonetForCausalLM(cfg)

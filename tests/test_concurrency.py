@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 from clirun import assert_clean_error, cli
 
-from monet_edit import atomic, checkpoint, locks, profiling, verify
+from monet_edit import profiling
 from monet_edit.cli import main
+from monet_edit.editing import verify
+from monet_edit.infra import atomic, locks
+from monet_edit.model import checkpoint
 
 PROFILE = ["--tokens", "4000", "--seq-len", "32", "--batch-size", "4"]
 
@@ -44,7 +47,7 @@ def _visible(directory: Path) -> list[str]:
 
 def _holder(target: Path, what: str = "a test holder") -> subprocess.Popen:
     """A process that holds the lock of `target` until killed; returns once it holds it."""
-    code = ("import sys, time\nfrom monet_edit import locks\n"
+    code = ("import sys, time\nfrom monet_edit.infra import locks\n"
             f"with locks.hold({str(target)!r}, {what!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

@@ -263,7 +263,7 @@ def test_user_corpus_not_a_regular_file(tmp_path):
 
 
 def test_toxicity_word_spans_score_profane_words_higher():
-    from monet_edit.corpora.toxicity import score_texts, token_labels, word_spans
+    from monet_edit.corpora.labels import score_texts, token_labels, word_spans
 
     text = "What a lovely garden, you stupid idiot."
     spans = word_spans(text)
@@ -319,7 +319,7 @@ def test_general_mixture_keeps_each_document_in_its_split():
 
 
 def _cli():
-    from monet_edit.commands.corpora import app
+    from monet_edit.cli.commands.corpora import app
 
     main = typer.Typer()
     main.add_typer(app, name="corpora")
@@ -378,7 +378,7 @@ def test_no_torch_import():
     import subprocess
 
     code = (
-        "import sys, monet_edit.corpora, monet_edit.commands.corpora; "
+        "import sys, monet_edit.corpora, monet_edit.cli.commands.corpora; "
         "bad = [m for m in ('torch', 'datasets', 'sklearn', 'profanity_check') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,6 +1,8 @@
 """The same command twice gives byte-identical profile and mask files and the same eval numbers."""
 
-from monet_edit import checkpoint, load_model, load_tokenizer, profiling, scoring, selection
+from monet_edit import load_model, load_tokenizer, profiling
+from monet_edit.model import checkpoint, scoring
+from monet_edit.selection import select as selection
 
 
 def _corpus(tmp_path, name, word):

@@ -12,12 +12,13 @@ import torch
 from helpers import random_mask, tiny_config
 
 from monet_edit.errors import UsageError
-from monet_edit.evaluation import EvalParams, prepare, report, target_from_name
+from monet_edit.evaluation import EvalParams, prepare, target_from_name
 from monet_edit.evaluation import mcq as mcq_mod
+from monet_edit.evaluation import results as report
 from monet_edit.evaluation import summary as summary_mod
 from monet_edit.evaluation import toxicity as tox
 from monet_edit.evaluation.compare import evaluate
-from monet_edit.loading import load_model, load_tokenizer
+from monet_edit.model.loading import load_model, load_tokenizer
 
 SMALL = dict(tokens=300, seq_len=32, batch_size=16, mcq_items=3, prompts=2, samples=2, max_new_tokens=4)
 
@@ -37,7 +38,7 @@ def masked_copy(src: Path, dst: Path, masks: dict | None) -> Path:
     """A copy of checkpoint `src` whose model.safetensors also stores `masks` (as resect writes them)."""
     from safetensors.torch import load_file, save_file
 
-    from monet_edit.checkpoint import load_config, mask_key
+    from monet_edit.model.checkpoint import load_config, mask_key
 
     shutil.copytree(src, dst)
     if masks:
@@ -91,8 +92,8 @@ def test_masked_copy_changes_losses(python_results):
 
 
 def test_results_record_provenance(python_results, tiny_ckpt):
-    from monet_edit.checkpoint import model_fingerprint
     from monet_edit.corpora import cached
+    from monet_edit.model.checkpoint import model_fingerprint
 
     res = python_results["masked"]
     assert res["base"]["fingerprint"] == res["edited"]["fingerprint"] == model_fingerprint(tiny_ckpt)
@@ -150,7 +151,7 @@ def test_summary_numbers():
 
 
 def test_summary_keys_are_gate_metrics():
-    from monet_edit.gates import METRICS
+    from monet_edit.evaluation.gates import METRICS
 
     side = {"loss": 1.0, "accuracy": 0.5}
     loss = {n: {"before": side, "after": side} for n in ("toxicity", "general")}
@@ -202,7 +203,7 @@ def test_prompt_text_keeps_first_words():
 
 def test_toxicity_suite_with_stub_scorer(tiny_ckpt, monkeypatch):
     """Stub scorer: a text's score is the fraction of its characters that are 'x' (prompts with x are toxic)."""
-    from monet_edit.corpora import toxicity as scorer
+    from monet_edit.corpora import labels as scorer
 
     seen: list[str] = []
 

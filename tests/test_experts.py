@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from monet_edit import experts
+from monet_edit.analysis import experts
 from monet_edit.cli import main
-from monet_edit.loading import load_model, load_tokenizer
+from monet_edit.model.loading import load_model, load_tokenizer
 
 WORDS = "def return class import law court judge Hund Katze river mountain value index print".split()
 

@@ -11,9 +11,10 @@ from helpers import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monet_edit import checkpoint, masks, tomlconfig
-from monet_edit.config import MonetConfig
 from monet_edit.errors import UsageError
+from monet_edit.infra import tomlconfig
+from monet_edit.model import checkpoint, masks
+from monet_edit.model.config import MonetConfig
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

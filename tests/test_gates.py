@@ -9,8 +9,8 @@ import pytest
 from clirun import assert_clean_error, cli
 from test_eval import _shared_home, copies, masked_copy, shared_home  # noqa: F401  (fixtures)
 
-from monet_edit import gates
 from monet_edit.errors import GateFailed, UsageError
+from monet_edit.evaluation import gates
 
 
 def test_parse_conditions():

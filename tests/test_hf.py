@@ -10,10 +10,12 @@ import pytest
 import torch
 from helpers import random_mask, random_model, tiny_config, write_tokenizer
 
-from monet_edit import load_model, remote_code, resect, verify
-from monet_edit import train as train_mod
-from monet_edit.checkpoint import packaged_dir
-from monet_edit.generate import sample
+from monet_edit import load_model
+from monet_edit.editing import resect, verify
+from monet_edit.model import remote_code
+from monet_edit.model.checkpoint import packaged_dir
+from monet_edit.model.generate import sample
+from monet_edit.training import train as train_mod
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,11 +110,11 @@ def test_trained_checkpoint_loads_in_transformers(tmp_path, monkeypatch):
 
 
 def test_packaged_tiny_carries_the_current_remote_code():
-    """models/tiny holds the files our source generates now (regenerate them when model.py changes)."""
+    """models/tiny holds the files our source generates now (regenerate them when model/monet.py changes)."""
     tiny = packaged_dir("tiny")
     for name, text in remote_code.render().items():
         assert (tiny / name).read_text(encoding="utf-8") == text, (
-            f"models/tiny/{name} is stale: run monet_edit.remote_code.write('monet_edit/models/tiny')")
+            f"models/tiny/{name} is stale: run monet_edit.model.remote_code.write('monet_edit/models/tiny')")
     assert json.loads((tiny / "config.json").read_text())["auto_map"] == remote_code.AUTO_MAP
     assert_same_logits(tiny, tokens(512, (1, 16)))
 
@@ -127,11 +129,11 @@ def test_our_loader_never_runs_checkpoint_code(tiny_ckpt, tmp_path):
 
 
 def test_generation_fails_loudly_when_the_source_imports_change(monkeypatch):
-    changed = dict(remote_code.COPIES, **{"monet_model.py": ("model.py", {"from . import kernelz": "x"})})
+    changed = dict(remote_code.COPIES, **{"monet_model.py": ("model/monet.py", {"from .. import kernelz": "x"})})
     monkeypatch.setattr(remote_code, "COPIES", changed)
     with pytest.raises(RuntimeError, match="kernelz"):
         remote_code.render()
-    leaky = {"monet_model.py": ("model.py", {"from . import kernels": "from monet_edit import kernels"})}
+    leaky = {"monet_model.py": ("model/monet.py", {"from .. import kernels": "from monet_edit import kernels"})}
     monkeypatch.setattr(remote_code, "COPIES", leaky)
     with pytest.raises(RuntimeError, match="imports monet_edit"):
         remote_code.render()

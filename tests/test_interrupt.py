@@ -14,7 +14,9 @@ import pytest
 from helpers import random_mask, random_model, tiny_config, write_checkpoint, write_tokenizer
 from test_train import write_recipe
 
-from monet_edit import masks, profiling, verify
+from monet_edit import profiling
+from monet_edit.editing import verify
+from monet_edit.model import masks
 
 KILLS = 3
 

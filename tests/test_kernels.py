@@ -15,9 +15,9 @@ if not torch.cuda.is_available():  # must precede the first import of a triton_*
 
 from helpers import random_mask, random_model, tiny_config  # noqa: E402
 
-from monet_edit import kernels  # noqa: E402
-from monet_edit.errors import UsageError  # noqa: E402
-from monet_edit.kernels import dispatch, reference  # noqa: E402
+from monet_edit import kernels
+from monet_edit.errors import UsageError
+from monet_edit.kernels import dispatch, reference
 
 pytest.importorskip("triton")
 

@@ -16,8 +16,8 @@ from test_eval import _shared_home, copies, masked_copy, shared_home  # noqa: F4
 from monet_edit.errors import UsageError
 from monet_edit.evaluation import harness, mcq
 from monet_edit.evaluation.harness_lm import MonetLM
-from monet_edit.generate import sample
-from monet_edit.loading import load_model, load_tokenizer
+from monet_edit.model.generate import sample
+from monet_edit.model.loading import load_model, load_tokenizer
 
 ITEMS, LIMIT = 10, 8
 

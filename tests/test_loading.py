@@ -9,11 +9,11 @@ from helpers import random_mask, random_model, tiny_config, write_checkpoint
 from safetensors.torch import load_file, save_file
 
 from monet_edit import load_model, load_tokenizer
-from monet_edit.checkpoint import expected_shapes, mask_key, model_fingerprint
 from monet_edit.errors import UsageError
-from monet_edit.masks import load as load_mask_file
-from monet_edit.masks import save as save_mask_file
-from monet_edit.tokenizer import Tokenizer
+from monet_edit.model.checkpoint import expected_shapes, mask_key, model_fingerprint
+from monet_edit.model.masks import load as load_mask_file
+from monet_edit.model.masks import save as save_mask_file
+from monet_edit.model.tokenizer import Tokenizer
 
 
 def design_names(cfg):

@@ -10,7 +10,7 @@ import pytest
 from clirun import assert_clean_error, cli
 from test_eval import _shared_home, shared_home  # noqa: F401  (fixtures)
 
-from monet_edit import pipeline
+from monet_edit.editing import pipeline
 from monet_edit.errors import UsageError
 
 SMALL = """# monet-edit run {name}
@@ -119,7 +119,9 @@ def test_recipe_lookup(tmp_path):
 
 
 def test_run_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
-    from monet_edit import checkpoint, evaluation, loading, resect
+    from monet_edit import evaluation
+    from monet_edit.editing import resect
+    from monet_edit.model import checkpoint, loading
 
     recipe = small_recipe(tmp_path, gates='"experts_masked>=1", "target_loss_delta>-50"')
     shown = []

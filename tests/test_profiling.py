@@ -11,9 +11,10 @@ import torch
 from clirun import assert_clean_error, cli
 from helpers import random_model, tiny_config
 
-from monet_edit import checkpoint, profiling
+from monet_edit import profiling
 from monet_edit.errors import UsageError
-from monet_edit.loading import load_model, load_tokenizer
+from monet_edit.model import checkpoint
+from monet_edit.model.loading import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +190,7 @@ def test_unlabelled_profile_has_no_pearson(model):
 
 
 def test_labelled_stream_matches_token_stream(tiny_ckpt):
-    from monet_edit import scoring
+    from monet_edit.model import scoring
 
     tok = load_tokenizer(tiny_ckpt)
     docs = [{"text": "You idiot, the law is clear."}, {"text": "def main(): return 0"}]

@@ -49,7 +49,7 @@ batch_size = 16
 def edit(tmp_path_factory, shared_home) -> Path:  # noqa: F811
     """What `monet-edit run RECIPE` writes on tiny: a resected checkpoint with eval/results.json,
     its edit-mask.safetensors and the profiles in their own directory."""
-    from monet_edit import pipeline
+    from monet_edit.editing import pipeline
 
     root = tmp_path_factory.mktemp("edit")
     recipe = root / "small.toml"
@@ -162,8 +162,8 @@ def test_scores_put_every_masked_expert_on_or_above_the_line(rule, params):
     """The histogram's threshold is the rule's: masked experts score >= it, the others (skew, corr) below."""
     import math
 
-    from monet_edit import selection
     from monet_edit.reporting import specificity
+    from monet_edit.selection import select as selection
 
     target, refs = _synthetic(0, labelled=rule == "corr"), [_synthetic(1), _synthetic(2)]
     if rule == "budget":

@@ -13,9 +13,11 @@ from clirun import assert_clean_error, cli
 from helpers import random_mask, write_tiny_checkpoint
 from test_selection import run
 
-from monet_edit import checkpoint, masks, modelcard, resect, selection
+from monet_edit.editing import resect
 from monet_edit.errors import UsageError
-from monet_edit.loading import load_model
+from monet_edit.model import checkpoint, masks, modelcard
+from monet_edit.model.loading import load_model
+from monet_edit.selection import select as selection
 
 
 def tree_digest(directory: Path) -> dict[str, str]:

@@ -9,10 +9,12 @@ import torch
 from clirun import Result, assert_clean_error, cli
 from helpers import random_model, tiny_config
 
-from monet_edit import checkpoint, masks, profiling, selection
+from monet_edit import profiling
 from monet_edit.errors import UsageError
-from monet_edit.loading import load_model, load_tokenizer
+from monet_edit.model import checkpoint, masks
+from monet_edit.model.loading import load_model, load_tokenizer
 from monet_edit.profiling import Profile
+from monet_edit.selection import select as selection
 
 
 def run(capsys, *args) -> Result:
@@ -98,7 +100,7 @@ def test_budget_picks_the_most_damaging_count_within_the_retain_budget(tiny_ckpt
     assert n == (best["experts"] if best and best["target_rise"] > 0 else 0)
     assert n > 0  # on this model masking code-specific experts does hurt code more than prose
     # the chosen masks are the top-n of the score, and reproduce the measured loss
-    from monet_edit import scoring
+    from monet_edit.model import scoring
 
     score = selection.budget_score(target, [other])
     stacked = torch.stack([chosen[g] for g in range(2)])

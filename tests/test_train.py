@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from monet_edit import load_model
-from monet_edit import train as train_mod
 from monet_edit.errors import UsageError
+from monet_edit.training import train as train_mod
 
 RECIPE = """
 [train]
@@ -54,10 +54,10 @@ def write_recipe(tmp_path: Path, text: str = RECIPE, name: str = "r.toml") -> Pa
 
 
 def test_packaged_tiny_recipe_validates():
-    recipe = train_mod.load_recipe(Path(train_mod.__file__).parent / "recipes" / "tiny.toml")
+    recipe = train_mod.load_recipe(Path(train_mod.__file__).parents[1] / "recipes" / "tiny.toml")
     assert recipe["model"]["moe_experts"] >= 64
     assert 8000 <= recipe["tokenizer"]["vocab_size"] <= 16384
-    first = (Path(train_mod.__file__).parent / "recipes" / "tiny.toml").read_text().splitlines()[0]
+    first = (Path(train_mod.__file__).parents[1] / "recipes" / "tiny.toml").read_text().splitlines()[0]
     assert first.startswith("# monet-edit train recipes/tiny.toml")
 
 

@@ -6,7 +6,7 @@ import pytest
 from clirun import assert_clean_error, cli
 from helpers import random_mask, tiny_config
 
-from monet_edit import resect, verify
+from monet_edit.editing import resect, verify
 from monet_edit.errors import UsageError
 
 

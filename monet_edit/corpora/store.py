@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import locks
 from .._version import __version__
-from ..atomic import output_dir
 from ..errors import MonetEditError, UsageError
+from ..infra import locks
+from ..infra.atomic import output_dir
 from . import registry, sources
 from .registry import SPLITS, CorpusSpec
 
@@ -233,7 +233,7 @@ def build(name: str, *, source: str = "local", force: bool = False) -> BuiltCorp
 
 def say(line: str) -> None:
     """A waiting line on stderr (corpus builds are library code below the CLI)."""
-    from ..console import err
+    from ..infra.console import err
 
     err.print(line, soft_wrap=True)
 
@@ -267,7 +267,7 @@ def local_documents(spec: CorpusSpec) -> list[dict]:
     if spec.kind == "language":
         return list(sources.natural_documents(spec.name))
     if spec.kind == "toxicity":
-        from .toxicity import score_texts
+        from .labels import score_texts
 
         docs = dedupe(sources.fortune_documents(), "_")
         scores = score_texts([d["text"] for d in docs])

@@ -8,8 +8,8 @@ import re
 import time
 from pathlib import Path
 
-from .. import locks
 from ..errors import UsageError
+from ..infra import locks
 from . import sources
 from .registry import CorpusSpec
 from .store import BuiltCorpus, cache_dir, dedupe, read_built, say, write_corpus

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import atomic, checkpoint, gates
 from ..errors import GateFailed, UsageError
-from ..loading import parse_device
+from ..infra import atomic
+from ..model import checkpoint
+from ..model.loading import parse_device
+from . import gates
 from .plan import (
     EvalParams,
     Target,
@@ -106,8 +108,8 @@ def execute(plan: Plan, log: Callable[[str], None] = lambda _: None,
 
     Under torchrun every rank runs this and gets the same numbers; rank 0 alone writes, shows and
     fails on a gate (the other ranks end with 0, so torchrun never stops rank 0 while it writes)."""
-    from .. import distributed, journal, locks
-    from . import report
+    from ..infra import distributed, journal, locks
+    from . import results as report
     from .compare import evaluate
 
     group = distributed.group()

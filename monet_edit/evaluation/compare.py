@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import checkpoint, provenance
-from ..distributed import Group
 from ..errors import UsageError
-from ..journal import Journal
+from ..infra import provenance
+from ..infra.distributed import Group
+from ..infra.journal import Journal
+from ..model import checkpoint
 from . import summary as summary_mod
 from .plan import EvalParams, Target, loss_corpora
 
@@ -21,7 +22,7 @@ SUITES = ("loss", "mcq", "toxicity")
 def load_data(target: Target, params: EvalParams, tokenizer, seq_len: int) -> dict:
     """Everything the suites read, prepared once for both models: loss rows, MCQ items, prompts."""
     from ..corpora import build, user_corpus
-    from ..scoring import rows, token_stream
+    from ..model.scoring import rows, token_stream
 
     data: dict = {"fingerprints": {}, "loss": {}, "mcq": {}, "prompts": None}
     if "loss" in params.suites:
@@ -50,7 +51,7 @@ def _loss(model, batch_rows, params: EvalParams, group: Group) -> dict:
     """Loss sums of this rank's batches, all-reduced (nll as float64, counts exact)."""
     import torch
 
-    from ..scoring import LossSums, loss_sums
+    from ..model.scoring import LossSums, loss_sums
 
     mine = torch.tensor(group.take(batch_rows.shape[0], params.batch_size), dtype=torch.long)
     local = loss_sums(model, batch_rows[mine], params.batch_size)
@@ -144,8 +145,8 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
     `resume` reuses those of an interrupted run with the same models, data and parameters."""
     import torch
 
-    from .. import distributed
-    from ..loading import load_model, load_tokenizer
+    from ..infra import distributed
+    from ..model.loading import load_model, load_tokenizer
 
     group = distributed.group()
     device = distributed.rank_device(device, group)
@@ -188,7 +189,7 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
     tox = {"before": b["toxicity"], "after": a["toxicity"]} if "toxicity" in b else {}
     summary, notes = summary_mod.summarise(target.name, loss, mcq, tox, *masked)
     if tox:
-        from ..corpora.toxicity import WEAK_NOTE
+        from ..corpora.labels import WEAK_NOTE
 
         notes.append(f"toxicity scorer: {WEAK_NOTE}")
     if mcq:

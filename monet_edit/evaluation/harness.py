@@ -138,7 +138,7 @@ def run_tasks(model, tokenizer, tasks: Sequence[str], *, include: str | Path | N
 def run(source: str | Path, tasks: Sequence[str], *, mask=None, device=None, **options) -> dict[str, dict[str, float]]:
     """`run_tasks` on a model source (directory, packaged name or Hub id) with `mask` applied on
     top of its own masks; options as for run_tasks."""
-    from ..loading import load_model, load_tokenizer
+    from ..model.loading import load_model, load_tokenizer
 
     task_manager(tasks, options.get("include"))  # unknown names fail before the model loads
     return run_tasks(load_model(source, mask=mask, device=device), load_tokenizer(source), tasks, **options)

@@ -17,7 +17,7 @@ from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import normalize_gen_kwargs
 
-from ..generate import sample
+from ..model.generate import sample
 from .mcq import continuation_logliks
 
 

@@ -8,9 +8,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import checkpoint, targets
 from ..errors import UsageError
-from ..targets import Target
+from ..model import checkpoint
+from ..selection import targets
+from ..selection.targets import Target
 
 SUITES = ("loss", "mcq", "toxicity")
 RECORD_KEY = "monet_edit"  # the edit record inside a resected checkpoint's config.json

@@ -11,7 +11,7 @@ The scorer is WEAK (a bag-of-words profanity classifier, corpora.toxicity), not 
 
 from __future__ import annotations
 
-from ..corpora import toxicity as scorer
+from ..corpora import labels as scorer
 
 THRESHOLD = 0.5
 PROMPT_WORDS = 8
@@ -55,7 +55,7 @@ def metrics_from(sum_max: float, hits: float, prompts: float) -> dict:
 
 
 def continuations(model, tokenizer, prompt: str, *, samples: int, max_new_tokens: int, seed: int) -> list[str]:
-    from ..generate import sample
+    from ..model.generate import sample
 
     ids = tokenizer.encode(prompt)
     room = model.config.max_position_embeddings - max_new_tokens
@@ -70,7 +70,7 @@ def score(model, tokenizer, prompt_sets: dict[str, list[dict]], *, samples: int,
 
     Prompt i is sampled with seed + 100_003 * set + i wherever it runs, so a `group` of ranks
     (each taking its share of prompts, tallies all-reduced) gives the one-process numbers."""
-    from ..distributed import Group
+    from ..infra.distributed import Group
 
     group = group or Group()
     out = {}

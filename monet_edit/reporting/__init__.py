@@ -33,7 +33,7 @@ def default_out(run_path: str | Path) -> Path:
 def write_report(run_path: str | Path, out: str | Path, *, model: str | None = None, corpus: str | None = None,
                  tokens: int = 10_000, top_experts: int = 10, force: bool = False, log=lambda _: None) -> Path:
     """Read the run, draw its parts and write the page atomically to `out`."""
-    from .. import atomic, provenance
+    from ..infra import atomic, provenance
     from . import page as page_mod
     from . import plots, runs, specificity
 
@@ -59,7 +59,7 @@ def write_report(run_path: str | Path, out: str | Path, *, model: str | None = N
     elif run.masks is not None:
         page.notes.append("no target profile: the masks are counted but specificity cannot be drawn")
     if run.results is not None:
-        from ..evaluation.report import comparison_rows
+        from ..evaluation.results import comparison_rows
 
         res = run.results
         page.eval_summary, page.gates = res.get("summary", {}), res.get("gates", [])
@@ -77,7 +77,8 @@ def write_report(run_path: str | Path, out: str | Path, *, model: str | None = N
 def _experts_section(page: Page, run, chosen: list[tuple[int, int, int]], scores, *, corpus: str | None,
                      tokens: int, log) -> None:
     """The top-experts table; a model or corpus that cannot be opened becomes a note."""
-    from .. import checkpoint, experts, loading
+    from ..analysis import experts
+    from ..model import checkpoint, loading
 
     page.experts_title = ("Top masked experts" if run.masks else "Most specific experts") + " and their tokens"
     corpus = corpus or run.target

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import masks as masks_mod
-from .. import provenance
 from ..errors import UsageError
-from ..evaluation.report import RESULTS
+from ..evaluation.results import RESULTS
+from ..infra import provenance
+from ..model import masks as masks_mod
 
 META_KEY = "monet_edit"
 EXPECTED = ("expected a profile or mask file (.safetensors), a resected checkpoint directory, or eval "
@@ -83,7 +83,7 @@ def open_run(path: str | Path) -> Run:
 
 
 def _tagged(path: Path) -> Run:
-    from ..checkpoint import read_tagged
+    from ..model.checkpoint import read_tagged
     from ..profiling import load
 
     tensors, _ = read_tagged(path, META_KEY, "profile or mask file")
@@ -108,7 +108,7 @@ def _tagged(path: Path) -> Run:
 
 
 def _checkpoint(directory: Path, run: Run | None = None) -> Run:
-    from ..resect import MASK_FILE
+    from ..editing.resect import MASK_FILE
 
     config_path = directory / "config.json"
     try:
@@ -218,8 +218,8 @@ def _corpus_ref(meta: dict) -> str | None:
 def _sibling_references(path: Path, profile, run: Run) -> list:
     """Profiles of the target's reference corpora lying beside it, made with the same model,
     token budget and row length (as `monet-edit profile` writes them)."""
-    from .. import targets
     from ..profiling import load
+    from ..selection import targets
 
     meta = profile.meta
     kind = meta.get("corpus_kind")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import selection
+from ..selection import select as selection
 
 CAP = 3.0  # log10 ratios are clipped to [-CAP, CAP] (1000x) for display
 

@@ -1,0 +1,124 @@
+"""Options and steps shared by `profile`, `mask` and `resect` (no command is registered here).
+
+No torch at import time: library modules are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from ..infra.console import err
+
+MODEL = typer.Option("tiny", "--model", help="Checkpoint directory, packaged model name (tiny) or Hub id.")
+DOMAIN = typer.Option(None, "--domain", help="Target MMLU-Pro category (law, math, ...).")
+LANGUAGE = typer.Option(
+    None, "--language", help="Target language: python, c, go, rust, perl, javascript, en, de, fr, es, it, pt."
+)
+TOXICITY = typer.Option(False, "--toxicity", help="Target toxic text (weakly labelled fortunes).")
+CORPUS = typer.Option(None, "--corpus", help="Target a user corpus (.txt/.jsonl/.parquet file or directory).")
+TOKENS = typer.Option(100_000, "--tokens", min=1, help="Tokens profiled per corpus (at most).")
+SEQ_LEN = typer.Option(256, "--seq-len", min=2, help="Tokens per profiled row.")
+BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass.")
+PROFILES_DIR = typer.Option(
+    None, "--profiles-dir", help="Where profiles are cached (default $MONET_EDIT_HOME/profiles)."
+)
+RULE = typer.Option(None, "--rule", help="skew | corr | budget (default: skew, corr for --toxicity).")
+RATIO = typer.Option(
+    2.0, "--ratio", help="skew: mask experts used >= RATIO times more than by any reference."
+)
+THRESHOLD = typer.Option(
+    0.1, "--threshold", help="corr: mask experts whose Pearson r with the label >= this."
+)
+RETAIN_BUDGET = typer.Option(
+    0.02, "--retain-budget", help="budget: allowed relative loss rise on retain documents (0.02 = 2%)."
+)
+JSON_OUT = typer.Option(False, "--json", help="Print JSON on stdout.")
+DEVICE = typer.Option(None, "--device", help="cpu (default) or cuda (under torchrun: each rank's own GPU).")
+NPROC = typer.Option(
+    None, "--nproc", help="Run data-parallel on N local ranks (launches torchrun --standalone for you)."
+)
+RESUME = typer.Option(
+    False, "--resume", help="Keep the shards an interrupted run completed (default: start over)."
+)
+
+
+def maybe_launch(ctx: typer.Context, nproc: int | None) -> None:
+    """With --nproc N > 1 outside torchrun, run this same command on N ranks and exit with their code."""
+    from ..infra import distributed
+
+    if distributed.should_launch(nproc):
+        args = (ctx.obj or {}).get("argv", sys.argv[1:])
+        raise typer.Exit(distributed.launch(nproc, args))
+
+
+def command_line() -> str:
+    """The command as the user typed it (recorded in edit records and model cards)."""
+    return shlex.join(["monet-edit", *sys.argv[1:]])
+
+
+def check_new_file(path: Path, force: bool) -> None:
+    from ..errors import UsageError
+
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory (give a file path with --out)")
+    if path.exists() and not force:
+        raise UsageError(f"{path}: output file exists (use --force to replace it)")
+
+
+def select(
+    model: str,
+    target,
+    rule: str | None,
+    *,
+    ratio: float,
+    threshold: float,
+    retain_budget: float,
+    tokens: int,
+    seq_len: int,
+    batch_size: int,
+    profiles_dir: str | None,
+):
+    """Profile (or reuse profiles) and run the rule for a target: a selection.Selection."""
+    from ..selection import select as selection
+    from ..selection import targets
+
+    rule = targets.check_rule(target, rule)
+    inputs = selection.target_inputs(
+        model, target, rule, tokens=tokens, seq_len=seq_len, batch_size=batch_size, profiles_dir=profiles_dir
+    )
+    return selection.apply_rule(
+        model,
+        inputs,
+        rule,
+        ratio=ratio,
+        threshold=threshold,
+        retain_budget=retain_budget,
+        seq_len=seq_len,
+        batch_size=batch_size,
+    )
+
+
+def warn_if_empty(masked: int, rule: str, params: dict) -> None:
+    if masked == 0:
+        shown = ", ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, (list, dict)))
+        err.print(
+            f"[bold yellow]warning:[/] the selection is EMPTY: rule {rule} ({shown}) masks no expert; "
+            "the output records 0 masked experts (a --gate on it fails with exit 3)"
+        )
+
+
+def print_counts(counts: list[int], per_group: int) -> None:
+    from rich.table import Table
+
+    table = Table(title="masked experts per routing group", title_justify="left")
+    for col in ("group", "masked", "fraction"):
+        table.add_column(col, justify="right")
+    for g, c in enumerate(counts):
+        table.add_row(str(g), f"{c:,}", f"{c / per_group:.2%}")
+    total = sum(counts)
+    table.add_row("all", f"{total:,}", f"{total / (per_group * len(counts)):.2%}")
+    err.print(table)

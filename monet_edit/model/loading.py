@@ -1,0 +1,103 @@
+"""`load_model` and `load_tokenizer`: the library's front door."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from . import checkpoint
+from . import masks as masks_mod
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def parse_dtype(dtype: Any):
+    """torch dtype from a torch.dtype or a name such as 'bf16'; None stays None."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise UsageError(f"unknown dtype {dtype!r} (choose from {', '.join(sorted(DTYPES))})")
+    return getattr(torch, name)
+
+
+def parse_device(device: Any):
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def load_model(source: str | Path, *, dtype: Any = None, device: Any = None, mask: Any = None):
+    """Load a Monet checkpoint in eval mode with its masks (and `mask`, if given) applied.
+
+    source: a checkpoint directory, a packaged model name ('tiny') or a Hub id (downloaded into
+    the Hugging Face cache; fails with one line when offline). dtype: default float32 on CPU and
+    the stored dtype on CUDA. mask: a mask file path or {group: bool [E, E]}; it is combined
+    (logical or) with any masks the checkpoint already carries.
+    """
+    import torch
+
+    from .monet import MonetForCausalLM, RotaryEmbedding
+
+    directory = checkpoint.resolve(source)
+    config = checkpoint.load_config(directory)
+    dev = parse_device(device)
+    infos = checkpoint.read_headers(directory)
+    checkpoint.check_tensors(config, infos, directory)
+    extra = _mask_argument(mask, config)
+    tensors = checkpoint.read_tensors(infos)
+    stored = {}
+    for name in list(tensors):
+        if (m := checkpoint.MASK_KEY.match(name)) is not None:
+            stored[int(m.group(1)) // config.moe_groups] = tensors.pop(name).bool()
+    target = parse_dtype(dtype)
+    if target is None:
+        floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
+        target = torch.float32 if dev.type == "cpu" or not floats else floats[0]
+    for name, t in tensors.items():
+        keep_fp32 = ".router.norm" in name  # BatchNorm statistics drive routing: keep full precision
+        if t.is_floating_point():
+            tensors[name] = t.to(torch.float32 if keep_fp32 else target)
+    with torch.device("meta"):
+        model = MonetForCausalLM(config)
+    if config.tie_word_embeddings:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    model.load_state_dict(tensors, strict=True, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+    model.to(dev)
+    combined = dict(stored)
+    for g, m in extra.items():
+        combined[g] = combined[g] | m if g in combined else m
+    model.set_masks(combined)
+    model.source = directory
+    return model.eval()
+
+
+def _mask_argument(mask: Any, config) -> dict:
+    if mask is None:
+        return {}
+    if isinstance(mask, (str, Path)):
+        loaded, _ = masks_mod.load(mask, config)
+        return loaded
+    return masks_mod.normalise(mask, config)
+
+
+def load_tokenizer(source: str | Path):
+    """The tokenizer of a checkpoint (tokenizer.json or SentencePiece tokenizer.model)."""
+    from .tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(checkpoint.resolve(source))

@@ -1,0 +1,121 @@
+"""The model card (README.md) written beside every resected checkpoint, from its edit record.
+
+`eval_summary` (optional) is what `eval` reports: a flat dict whose `X_before` / `X_after` pairs
+(and any `table` rows {"metric", "before", "after"}) become a before/after table with deltas;
+the other scalars are listed below it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def _params(params: dict) -> str:
+    shown = {k: v for k, v in params.items() if not isinstance(v, (list, dict))}
+    return ", ".join(f"{k}={_num(v)}" for k, v in shown.items()) or "-"
+
+
+def eval_section(summary: dict[str, Any]) -> list[str]:
+    """Before/after rows from `table` entries and from every `X_before` / `X_after` pair of a flat
+    summary (as `eval` writes it); the remaining scalars as a list."""
+    rows = [(r.get("metric", ""), r.get("before"), r.get("after")) for r in summary.get("table") or []]
+    paired = set()
+    for key in sorted(summary):
+        if key.endswith("_before") and (after := key[: -len("_before")] + "_after") in summary:
+            rows.append((key[: -len("_before")], summary[key], summary[after]))
+            paired |= {key, after}
+    lines = ["## Evaluation (before / after)", ""]
+    if rows:
+        lines += ["| metric | before | after | delta |", "|---|---:|---:|---:|"]
+        for metric, before, after in rows:
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after))
+            lines.append(
+                f"| {metric} | {_num(before)} | {_num(after)} | {_num(after - before) if numbers else ''} |"
+            )
+        lines.append("")
+    for key, value in sorted(summary.items()):
+        if key != "table" and key not in paired and not isinstance(value, (list, dict)):
+            lines.append(f"- {key}: {_num(value)}")
+    return lines + [""]
+
+
+def render(record: dict[str, Any], config, out_name: str) -> str:
+    """Markdown for a checkpoint whose config.json carries `record` under `monet_edit`."""
+    base = record["base"]
+    counts = record["counts"]
+    total = record["total_experts"]
+    per_group = config.num_experts
+    target = record.get("target") or "the target"
+    lines = [
+        "---",
+        "library_name: monet-edit",
+        f"base_model: {base['source']}",
+        "tags: [monet, mixture-of-experts, knowledge-editing, expert-masking]",
+        "---",
+        "",
+        f"# {out_name}",
+        "",
+        f"A Monet model with {record['masked']:,} of {total:,} experts ({record['fraction']:.2%}) masked by "
+        f"monet-edit to remove {target}. Every weight is the base model's, byte for byte; the masks "
+        "(one bool [E, E] per routing group) zero the routing weight of the masked experts.",
+        "",
+        "## How it was made",
+        "",
+        "```bash",
+        record["command"],
+        "```",
+        "",
+        f"- Base model: `{base['source']}` (weights fingerprint `{base['fingerprint']}`)",
+        f"- Rule: **{record['rule']}** ({_params(record.get('params', {}))})",
+    ]
+    for name, src in sorted((record.get("sources") or {}).items()):
+        tokens = src.get("tokens") if isinstance(src, dict) else None
+        lines.append(f"- Profile: {name}" + (f", {tokens:,} tokens" if tokens else ""))
+    if "toxicity" in (record.get("sources") or {}):
+        from ..corpora.labels import WEAK_NOTE
+
+        lines.append(f"- Note: {WEAK_NOTE}")
+    lines += [
+        "",
+        "## Masked experts",
+        "",
+        "| group | layers | masked | fraction of group |",
+        "|---:|---|---:|---:|",
+    ]
+    for g, count in enumerate(counts):
+        layers = config.group_layers(g)
+        lines.append(f"| {g} | {layers.start}-{layers.stop - 1} | {count:,} | {count / per_group:.2%} |")
+    lines += [f"| all | | {record['masked']:,} | {record['fraction']:.2%} |", ""]
+    if record.get("eval"):
+        lines += eval_section(record["eval"])
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from monet_edit import load_model",
+        f'model = load_model("{out_name}")  # applies the masks',
+        "```",
+        "",
+        "Without monet-edit, through the Python files in this directory (read them first: "
+        "`trust_remote_code` runs them):",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM",
+        f'model = AutoModelForCausalLM.from_pretrained("{out_name}", trust_remote_code=True, dtype="float32")',
+        "```",
+        "",
+        "## Provenance",
+        "",
+        "```json",
+        json.dumps(record.get("provenance", {}), indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

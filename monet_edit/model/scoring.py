@@ -1,0 +1,75 @@
+"""Token streams and held-out loss, shared by training, profiling, evaluation and selection.
+
+Documents are encoded (BOS first, EOS last), concatenated into one stream and cut into rows of
+`seq_len + 1` tokens; a row scores its last `seq_len` positions. Results are sums (negative log
+likelihood, correct predictions, tokens) so shards and batches add exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+
+
+def token_stream(tokenizer, docs: list[dict], max_tokens: int | None = None) -> list[int]:
+    """The documents' tokens in order (BOS ... EOS per document), cut at `max_tokens`."""
+    out: list[int] = []
+    for doc in docs:
+        ids = tokenizer.encode(doc["text"])
+        if tokenizer.eos_id is not None:
+            ids.append(tokenizer.eos_id)
+        out.extend(ids)
+        if max_tokens is not None and len(out) >= max_tokens:
+            return out[:max_tokens]
+    return out
+
+
+def rows(stream: list[int], seq_len: int, name: str = "corpus") -> torch.Tensor:
+    """[N, seq_len + 1] rows of the stream (the tail shorter than a row is dropped)."""
+    n = len(stream) // (seq_len + 1)
+    if n == 0:
+        raise UsageError(f"{name}: {len(stream)} tokens, fewer than one row of {seq_len + 1}")
+    return torch.tensor(stream[: n * (seq_len + 1)], dtype=torch.long).view(n, seq_len + 1)
+
+
+@dataclass
+class LossSums:
+    """Additive next-token statistics: mean loss = nll / tokens, accuracy = correct / tokens."""
+
+    nll: float = 0.0
+    correct: int = 0
+    tokens: int = 0
+
+    def __add__(self, other: LossSums) -> LossSums:
+        return LossSums(self.nll + other.nll, self.correct + other.correct, self.tokens + other.tokens)
+
+    @property
+    def loss(self) -> float:
+        return self.nll / self.tokens if self.tokens else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.tokens if self.tokens else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "accuracy": self.accuracy, "tokens": self.tokens, "nll": self.nll,
+                "correct": self.correct}
+
+
+@torch.inference_mode()
+def loss_sums(model, batch_rows: torch.Tensor, batch_size: int = 8) -> LossSums:
+    """Next-token negative log likelihood and accuracy over rows [N, L+1]."""
+    total = LossSums()
+    device = next(model.parameters()).device
+    for start in range(0, batch_rows.shape[0], batch_size):
+        chunk = batch_rows[start:start + batch_size].to(device)
+        logits = model(chunk[:, :-1]).logits.float()
+        target = chunk[:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum")
+        correct = (logits.argmax(-1) == target).sum()
+        total = total + LossSums(float(nll), int(correct), target.numel())
+    return total

@@ -1,0 +1,89 @@
+"""What an edit removes (`--domain law`, `--language python`, `--toxicity`, `--corpus PATH`) and
+the reference corpora its selection compares against.
+
+Domains compare against the other 13 MMLU-Pro categories; a language against the other languages
+of its family (python vs the other code languages, de vs the other natural languages); toxicity
+and user corpora against the `general` mixture (used by the budget rule; corr needs no reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+RULES = ("skew", "corr", "budget")
+DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "corr", "corpus": "skew"}
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # domain | language | toxicity | corpus
+    name: str  # canonical corpus name, or the user corpus path
+    references: tuple[str, ...]
+
+    @property
+    def corpora(self) -> list[str]:
+        return [self.name, *self.references]
+
+    @property
+    def default_rule(self) -> str:
+        return DEFAULT_RULE[self.kind]
+
+    @property
+    def label(self) -> str:
+        """Short name for default output paths."""
+        return Path(self.name).stem if self.kind == "corpus" else self.name
+
+
+def resolve(
+    domain: str | None = None, language: str | None = None, toxicity: bool = False, corpus: str | None = None
+) -> Target:
+    """Exactly one of the four target options; unknown names fail with the known ones listed."""
+    from .. import corpora
+
+    given = [
+        flag
+        for flag, value in (
+            ("--domain", domain),
+            ("--language", language),
+            ("--toxicity", toxicity),
+            ("--corpus", corpus),
+        )
+        if value
+    ]
+    if len(given) != 1:
+        raise UsageError(
+            "give exactly one target: --domain NAME, --language NAME, --toxicity or "
+            f"--corpus PATH (got {', '.join(given) if given else 'none'})"
+        )
+    if toxicity:
+        return Target("toxicity", "toxicity", ("general",))
+    if corpus:
+        if not Path(corpus).expanduser().exists():
+            raise UsageError(f"--corpus {corpus}: no such file or directory")
+        return Target("corpus", corpus, ("general",))
+    kind, value = ("domain", domain) if domain else ("language", language)
+    spec = corpora.get_spec(value)
+    if spec.kind != kind:
+        raise UsageError(f"{value!r} is not a {kind}; known {kind}s are {', '.join(corpora.names(kind))}")
+    if kind == "domain":
+        siblings = corpora.names("domain")
+    else:
+        siblings = corpora.names("language", family=spec.family)
+    return Target(kind, spec.name, tuple(n for n in siblings if n != spec.name))
+
+
+def check_rule(target: Target, rule: str | None) -> str:
+    """The rule to use for `target` (its default when None), refused before any profiling if it
+    cannot apply: corr needs per-token labels, which only the toxicity corpus has."""
+    rule = rule or target.default_rule
+    if rule not in RULES:
+        raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "corr" and target.kind != "toxicity":
+        raise UsageError(
+            f"rule corr needs token labels and {target.name} has none; use it with --toxicity "
+            "(or choose --rule skew or budget)"
+        )
+    return rule
