@@ -1,4 +1,4 @@
-"""A deliberately naive Monet forward, written from DESIGN.md section 1 only.
+"""A deliberately naive Monet forward, written from the model's math only (README design notes).
 
 It materialises every composite weight G_ij and every expert output E_ij(x) for every token, and
 shares no code with monet_edit's model: it reads the raw state dict by tensor name. Only usable

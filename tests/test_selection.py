@@ -82,6 +82,7 @@ def test_budget_picks_the_most_damaging_count_within_the_retain_budget(tiny_ckpt
     trace: list[dict] = []
     chosen = selection.budget(
         model,
+        tok,
         code[40:],
         prose[40:],
         target,
@@ -109,7 +110,7 @@ def test_budget_picks_the_most_damaging_count_within_the_retain_budget(tiny_ckpt
     masked = load_model(tiny_ckpt, mask=chosen)
     assert scoring.loss_sums(masked, rows).loss == pytest.approx(best["target_loss"], rel=1e-6)
     with pytest.raises(UsageError, match="--retain-budget"):
-        selection.budget(model, code, prose, target, [other], retain_budget=-1)
+        selection.budget(model, tok, code, prose, target, [other], retain_budget=-1)
 
 
 def test_mask_file_round_trip_and_fingerprint_check(tmp_path):

@@ -1,7 +1,7 @@
 """What an expert does: the tokens (with short contexts) that route to it most.
 
 The routing weight of expert (i, j) in group g on token t is G_ij(t) = sum_h g1[h,i](t) g2[h,j](t)
-(DESIGN.md 1). We run the model over a corpus's tokens, keep the `top` occurrences with the
+(README: Design notes). We run the model over a corpus's tokens, keep the `top` occurrences with the
 largest G_ij per expert, and show each with a few tokens either side, as the Monet authors'
 expert viewer does. Shared by `monet-edit experts` and the report's table of masked experts.
 Only the requested experts' weights are formed (an [N, H] product each), never all E*E.

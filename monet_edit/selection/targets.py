@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-RULES = ("skew", "corr", "budget")
-DEFAULT_RULE = {"domain": "skew", "language": "skew", "toxicity": "corr", "corpus": "skew"}
+KINDS = ("domain", "language", "toxicity", "corpus")
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,20 @@ class Target:
 
     @property
     def default_rule(self) -> str:
-        return DEFAULT_RULE[self.kind]
+        from . import rules
+
+        return rules.default_for(self.kind)
+
+    def check_rule(self, rule: str | None) -> str:
+        """The rule to use (the default when None), refused before any profiling if it cannot
+        apply: corr needs per-token labels, which only the toxicity corpus has."""
+        from . import rules
+
+        chosen = rules.get(rule or self.default_rule)
+        if chosen.needs_labels and self.kind != "toxicity":
+            raise UsageError(f"rule {chosen.name} needs token labels and {self.name} has none; use it with "
+                             f"--toxicity (or choose --rule {' or '.join(r for r in rules.registry() if r != chosen.name)})")
+        return chosen.name
 
     @property
     def label(self) -> str:
@@ -73,17 +85,3 @@ def resolve(
     else:
         siblings = corpora.names("language", family=spec.family)
     return Target(kind, spec.name, tuple(n for n in siblings if n != spec.name))
-
-
-def check_rule(target: Target, rule: str | None) -> str:
-    """The rule to use for `target` (its default when None), refused before any profiling if it
-    cannot apply: corr needs per-token labels, which only the toxicity corpus has."""
-    rule = rule or target.default_rule
-    if rule not in RULES:
-        raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
-    if rule == "corr" and target.kind != "toxicity":
-        raise UsageError(
-            f"rule corr needs token labels and {target.name} has none; use it with --toxicity "
-            "(or choose --rule skew or budget)"
-        )
-    return rule
