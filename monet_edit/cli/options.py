@@ -25,6 +25,8 @@ LANGUAGE = typer.Option(
 )
 TOXICITY = typer.Option(False, "--toxicity", help="Target toxic text (weakly labelled fortunes).")
 CORPUS = typer.Option(None, "--corpus", help="Target a user corpus (.txt/.jsonl/.parquet file or directory).")
+REFERENCE = typer.Option(None, "--reference", help="A corpus to compare the target with (repeat the option; "
+                         "default: every other corpus, the general mixture included).")
 TOKENS = typer.Option(100_000, "--tokens", min=1, help="Tokens profiled per corpus (at most).")
 SEQ_LEN = typer.Option(256, "--seq-len", min=2, help="Tokens per profiled row.")
 BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass.")

@@ -19,7 +19,7 @@ from .registry import (
     names,
 )
 from .resolve import HOLDOUT_EVERY, open_corpus, split_profile_docs
-from .store import BuiltCorpus, build, cache_dir, cached, load_split
+from .store import BuiltCorpus, build, cache_dir, cached, home, load_split
 from .user import user_corpus
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "cache_dir",
     "cached",
     "get_spec",
+    "home",
     "list_corpora",
     "load_split",
     "names",

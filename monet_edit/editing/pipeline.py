@@ -3,6 +3,7 @@
 A recipe (monet_edit/recipes/*.toml; the first line is a comment with the command that runs it):
 
     [target]   kind = "domain" | "language" | "toxicity" | "corpus";  name = "law" (or a path)
+               references = ["math", ...]              (optional: default every other corpus)
     [model]    source = "tiny"                          (optional section; --model overrides)
     [profile]  tokens, seq_len, batch_size, dir         (dir optional: the profile cache)
     [select]   rule = "skew" | "corr" | "budget"; ratio (skew) | threshold (corr) | retain_budget (budget)
@@ -39,7 +40,7 @@ def schema() -> dict[str, Any]:
     from ..selection import rules
 
     return {
-        "target": {"kind": str, "name": str},
+        "target": {"kind": str, "name": str, "references": (list, None)},
         "model": {"source": (str, "tiny")},
         "profile": {"tokens": (int, 100_000), "seq_len": (int, 256), "batch_size": (int, 8), "dir": (str, None)},
         "select": {"rule": str, **{name: (p.type, None) for name, p in rules.params().items()}},
@@ -124,7 +125,8 @@ def load(recipe: str | Path) -> Recipe:
     if t["kind"] == "toxicity" and t["name"] != "toxicity":
         raise UsageError(f"{where}: target.name must be \"toxicity\" for kind toxicity, got {t['name']!r}")
     with _naming(where, "target"):
-        target = targets.resolve(**{t["kind"]: True if t["kind"] == "toxicity" else t["name"]})
+        refs = None if t["references"] is None else _strings(t["references"], where, "target.references")
+        target = targets.resolve(**{t["kind"]: True if t["kind"] == "toxicity" else t["name"]}, references=refs)
     sel = values["select"]
     chosen = rules.registry().get(sel["rule"])
     if chosen is None:

@@ -28,6 +28,21 @@ def token_stream(tokenizer, docs: list[dict], max_tokens: int | None = None) -> 
     return out
 
 
+def doc_stream(tokenizer, docs: list[dict], max_tokens: int | None = None) -> tuple[list[int], list[int]]:
+    """token_stream's tokens and, for each, the index of the document it comes from."""
+    ids: list[int] = []
+    owner: list[int] = []
+    for at, doc in enumerate(docs):
+        tok = tokenizer.encode(doc["text"])
+        if tokenizer.eos_id is not None:
+            tok.append(tokenizer.eos_id)
+        ids.extend(tok)
+        owner.extend([at] * len(tok))
+        if max_tokens is not None and len(ids) >= max_tokens:
+            return ids[:max_tokens], owner[:max_tokens]
+    return ids, owner
+
+
 def rows(stream: list[int], seq_len: int, name: str = "corpus") -> torch.Tensor:
     """[N, seq_len + 1] rows of the stream (the tail shorter than a row is dropped)."""
     n = len(stream) // (seq_len + 1)
@@ -73,3 +88,24 @@ def loss_sums(model, batch_rows: torch.Tensor, batch_size: int = 8) -> LossSums:
         correct = (logits.argmax(-1) == target).sum()
         total = total + LossSums(float(nll), int(correct), target.numel())
     return total
+
+
+@torch.inference_mode()
+def doc_loss_sums(model, batch_rows: torch.Tensor, owners: torch.Tensor, docs: int, batch_size: int = 8,
+                  ) -> dict[str, torch.Tensor]:
+    """Per document: nll (float64), correct and tokens (int64) of the scored positions of rows
+    [N, L+1], each position credited to the document of the token it predicts (`owners`, same
+    shape as the rows). Sums, so rows dealt to several ranks add up."""
+    device = next(model.parameters()).device
+    out = {"nll": torch.zeros(docs, dtype=torch.float64), "correct": torch.zeros(docs, dtype=torch.long),
+           "tokens": torch.zeros(docs, dtype=torch.long)}
+    for start in range(0, batch_rows.shape[0], batch_size):
+        chunk = batch_rows[start:start + batch_size].to(device)
+        logits = model(chunk[:, :-1]).logits.float()
+        target = chunk[:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        who = owners[start:start + batch_size, 1:].reshape(-1)
+        out["nll"].index_add_(0, who, nll.double().cpu())
+        out["correct"].index_add_(0, who, (logits.argmax(-1) == target).reshape(-1).long().cpu())
+        out["tokens"].index_add_(0, who, torch.ones_like(who))
+    return out

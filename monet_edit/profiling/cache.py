@@ -19,8 +19,8 @@ from .files import StaleProfile, load, save
 
 
 def default_dir() -> Path:
-    """$MONET_EDIT_HOME/profiles (beside the corpus cache)."""
-    return corpora.cache_dir().parent / "profiles"
+    """<home>/profiles ($MONET_EDIT_HOME/profiles when set)."""
+    return corpora.home() / "profiles"
 
 
 def profile_path(

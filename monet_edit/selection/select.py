@@ -44,6 +44,7 @@ class Selection:
     model_fingerprint: str
     target: str | None
     trace: list[dict] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
 
     def counts(self, config) -> list[int]:
         return masks_mod.counts(self.masks, config)
@@ -56,6 +57,8 @@ class Selection:
             "params": self.params,
             "model_fingerprint": self.model_fingerprint,
             "sources": self.sources,
+            "references": self.references,
+            "reference_balance": f"means shrunk toward the pooled reference mean as if by {rules.PRIOR_TOKENS} tokens",
             "masked": sum(self.counts(config)),
             "fraction": fraction(self.masks, config),
             "counts": self.counts(config),
@@ -145,8 +148,9 @@ def apply_rule(model_source, inputs: Inputs, rule: str, *, seq_len: int = 256, b
     ctx = Context(inputs.target, inputs.others, checkpoint.of(model_source), seq_len, batch_size, model)
     result = chosen.select(ctx, **values)
     target = str(inputs.target.meta.get("corpus_ref") or inputs.target.meta.get("corpus", "target"))
+    references = [str(p.meta.get("corpus_ref") or p.meta.get("corpus")) for p in inputs.others]
     return Selection(result.masks, rule, result.params, inputs.sources,
-                     inputs.target.meta.get("model_fingerprint", ""), target, result.trace)
+                     inputs.target.meta.get("model_fingerprint", ""), target, result.trace, references)
 
 
 def dry_run(model_source, inputs: Inputs, rule: str, **given: Any) -> list[dict]:

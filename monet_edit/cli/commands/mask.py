@@ -18,6 +18,7 @@ def mask(
     language: str = opt.LANGUAGE,
     toxicity: bool = opt.TOXICITY,
     corpus: str = opt.CORPUS,
+    reference: list[str] = opt.REFERENCE,
     profile: list[str] = typer.Option(
         None,
         "--profile",
@@ -60,7 +61,7 @@ def mask(
         label = str(inputs.target.meta.get("corpus", Path(profile[0]).stem))
         rule = rule or rules.default_for("toxicity" if inputs.target.labelled else "corpus")
     else:
-        target = targets.resolve(domain, language, toxicity, corpus)
+        target = targets.resolve(domain, language, toxicity, corpus, reference)
         label, rule = target.label, target.check_rule(rule)
     rule = rules.get(rule).name
     path = Path(out or f"mask-{Path(label).stem}-{rule}.safetensors")

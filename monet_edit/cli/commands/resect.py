@@ -18,6 +18,7 @@ def resect(
     language: str = opt.LANGUAGE,
     toxicity: bool = opt.TOXICITY,
     corpus: str = opt.CORPUS,
+    reference: list[str] = opt.REFERENCE,
     mask: str = typer.Option(None, "--mask", help="Use this mask file instead of profiling and selecting."),
     rule: str = opt.RULE,
     model: str = opt.MODEL,
@@ -53,7 +54,7 @@ def resect(
         masks, meta = selection.load_mask(mask, config, base.fingerprint)
         label = str(meta.get("target") or Path(mask).stem)
     else:
-        target = targets.resolve(domain, language, toxicity, corpus)
+        target = targets.resolve(domain, language, toxicity, corpus, reference)
         label, rule = target.label, target.check_rule(rule)
     path = Path(out or f"resected-{Path(label).stem}")
     resect_mod.check_output(path, base.dir, force)

@@ -117,8 +117,16 @@ def as_masks(selected) -> dict:
     return {g: selected[g].clone() for g in range(selected.shape[0])}
 
 
-def reference_max(others: list):
-    """max over the reference corpora of the mean routing weight per token, [groups, E, E]."""
+PRIOR_TOKENS = 4096  # reference means are shrunk toward the pooled mean as if by this many tokens
+
+
+def reference_max(others: list, prior_tokens: int = PRIOR_TOKENS):
+    """max over the reference corpora of the mean routing weight per token, [groups, E, E].
+
+    Balanced: each reference's mean is shrunk toward the pooled mean of all references,
+    (S_c + K * pooled) / (n_c + K) with K = `prior_tokens`, so a small (noisy) corpus cannot
+    dominate the maximum; a corpus of n >> K tokens keeps its own mean."""
     import torch
 
-    return torch.stack([p.mean() for p in others]).amax(0)
+    pooled = sum(p.S for p in others) / sum(p.n for p in others)
+    return torch.stack([(p.S + prior_tokens * pooled) / (p.n + prior_tokens) for p in others]).amax(0)
