@@ -18,7 +18,7 @@ from .registry import (
     list_corpora,
     names,
 )
-from .resolve import HOLDOUT_EVERY, open_corpus, split_profile_docs
+from .resolve import HOLDOUT_EVERY, oos_set, open_corpus, split_profile_docs
 from .store import BuiltCorpus, build, cache_dir, cached, home, load_split
 from .user import user_corpus
 
@@ -39,6 +39,7 @@ __all__ = [
     "list_corpora",
     "load_split",
     "names",
+    "oos_set",
     "open_corpus",
     "split_profile_docs",
     "user_corpus",

@@ -8,11 +8,20 @@ likelihood, correct predictions, tokens) so shards and batches add exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+FLOOR_REL = 0.001  # selectivity: the others' mean loss rise counts as at least 0.1% of their mean loss
+
+
+def selectivity(target_delta: float, others_delta: float, others_loss: float) -> float:
+    """Target loss rise / max(others' mean rise, FLOOR_REL x their mean loss): never infinite or
+    undefined, and about 0 for an edit that does nothing."""
+    return target_delta / max(others_delta, FLOOR_REL * others_loss)
 
 
 def token_stream(tokenizer, docs: list[dict], max_tokens: int | None = None) -> list[int]:
@@ -45,6 +54,8 @@ def doc_stream(tokenizer, docs: list[dict], max_tokens: int | None = None) -> tu
 
 def rows(stream: list[int], seq_len: int, name: str = "corpus") -> torch.Tensor:
     """[N, seq_len + 1] rows of the stream (the tail shorter than a row is dropped)."""
+    import torch
+
     n = len(stream) // (seq_len + 1)
     if n == 0:
         raise UsageError(f"{name}: {len(stream)} tokens, fewer than one row of {seq_len + 1}")
@@ -75,9 +86,17 @@ class LossSums:
                 "correct": self.correct}
 
 
-@torch.inference_mode()
 def loss_sums(model, batch_rows: torch.Tensor, batch_size: int = 8) -> LossSums:
     """Next-token negative log likelihood and accuracy over rows [N, L+1]."""
+    import torch
+
+    with torch.inference_mode():
+        return _loss_sums(model, batch_rows, batch_size)
+
+
+def _loss_sums(model, batch_rows: torch.Tensor, batch_size: int) -> LossSums:
+    import torch.nn.functional as F
+
     total = LossSums()
     device = next(model.parameters()).device
     for start in range(0, batch_rows.shape[0], batch_size):
@@ -90,12 +109,21 @@ def loss_sums(model, batch_rows: torch.Tensor, batch_size: int = 8) -> LossSums:
     return total
 
 
-@torch.inference_mode()
 def doc_loss_sums(model, batch_rows: torch.Tensor, owners: torch.Tensor, docs: int, batch_size: int = 8,
                   ) -> dict[str, torch.Tensor]:
     """Per document: nll (float64), correct and tokens (int64) of the scored positions of rows
     [N, L+1], each position credited to the document of the token it predicts (`owners`, same
     shape as the rows). Sums, so rows dealt to several ranks add up."""
+    import torch
+
+    with torch.inference_mode():
+        return _doc_loss_sums(model, batch_rows, owners, docs, batch_size)
+
+
+def _doc_loss_sums(model, batch_rows, owners, docs: int, batch_size: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
     device = next(model.parameters()).device
     out = {"nll": torch.zeros(docs, dtype=torch.float64), "correct": torch.zeros(docs, dtype=torch.long),
            "tokens": torch.zeros(docs, dtype=torch.long)}

@@ -146,6 +146,8 @@ def apply_rule(model_source, inputs: Inputs, rule: str, *, seq_len: int = 256, b
                          f"{inputs.target.meta.get('corpus', 'the target')} has none")
     values = rules.resolve_params(chosen, given)
     ctx = Context(inputs.target, inputs.others, checkpoint.of(model_source), seq_len, batch_size, model)
+    if chosen.needs_references and not inputs.others:
+        raise UsageError(f"rule {rule} needs reference profiles beside the target's")
     result = chosen.select(ctx, **values)
     target = str(inputs.target.meta.get("corpus_ref") or inputs.target.meta.get("corpus", "target"))
     references = [str(p.meta.get("corpus_ref") or p.meta.get("corpus")) for p in inputs.others]
@@ -153,7 +155,8 @@ def apply_rule(model_source, inputs: Inputs, rule: str, *, seq_len: int = 256, b
                      inputs.target.meta.get("model_fingerprint", ""), target, result.trace, references)
 
 
-def dry_run(model_source, inputs: Inputs, rule: str, **given: Any) -> list[dict]:
+def dry_run(model_source, inputs: Inputs, rule: str, *, seq_len: int = 256, batch_size: int = 8,
+            **given: Any) -> list[dict]:
     """How many experts each rule and parameter would mask: every rule's grid where the profiles
     allow it, then the chosen rule with the given parameters (budget runs its search)."""
     ckpt = checkpoint.of(model_source)
@@ -165,15 +168,18 @@ def dry_run(model_source, inputs: Inputs, rule: str, **given: Any) -> list[dict]
         rows.append({"rule": name, "param": param, "value": value, "masked": sum(counts), "counts": counts,
                      "fraction": fraction(masks, config)})
 
-    ctx = Context(inputs.target, inputs.others, ckpt)
+    ctx = Context(inputs.target, inputs.others, ckpt, seq_len, batch_size)
     for r in rules.registry().values():
-        usable = (inputs.target.labelled or not r.needs_labels) and (inputs.others or not r.needs_references)
+        usable = ((inputs.target.labelled or not r.needs_labels) and (inputs.others or not r.needs_references)
+                  and (not r.needs_model or r.name == rule))
+        defaults = {q.name: q.default for q in r.params}
         for p in r.params if usable else ():
             for value in p.grid:
-                add(r.name, p.name, value, r.select(ctx, **{p.name: value}).masks)
-    sel = apply_rule(ckpt, inputs, rule, **given)
-    param = rules.get(rule).params[0].name
-    add(f"{rule} (chosen)", param, sel.params[param], sel.masks)
+                add(r.name, p.name, value, r.select(ctx, **dict(defaults, **{p.name: value})).masks)
+    chosen = rules.get(rule)
+    result = chosen.select(ctx, **rules.resolve_params(chosen, given))
+    param = chosen.params[0].name
+    add(f"{rule} (chosen)", param, result.params[param], result.masks)
     return rows
 
 

@@ -14,23 +14,14 @@ undefined, and an edit that does nothing scores about 0.
 
 from __future__ import annotations
 
-import numpy as np
-
+from ...corpora import oos_set as oos
 from ...infra.params import Param, at_least
+from ...model.scoring import FLOOR_REL, selectivity
 from .. import bootstrap
 from . import Suite
 
-FLOOR_REL = 0.001  # the others' mean loss rise counts as at least 0.1% of their mean loss
 CI = ("target_loss_delta", "target_loss_rel", "others_loss_delta", "selectivity", "general_loss_rel",
       "oos_target_loss_delta", "oos_target_loss_rel", "oos_others_loss_delta", "oos_selectivity")
-
-
-def oos(name: str) -> str | None:
-    """The out-of-source eval set of a corpus, when one is installed."""
-    from ... import corpora
-
-    find = getattr(corpora, "oos_name", None)
-    return find(name) if find is not None else None
 
 
 def corpora_for(target) -> dict[str, list[str]]:
@@ -82,6 +73,8 @@ class _Corpus:
     """One corpus's before/after per-document sums, resampled with its own seeded draw."""
 
     def __init__(self, name: str, entry: dict, draws: bootstrap.Draws) -> None:
+        import numpy as np
+
         b, a = entry["before"]["docs"], entry["after"]["docs"]
         self.tokens = np.asarray(b["tokens"], dtype=np.float64)
         self.nll_b, self.nll_a = np.asarray(b["nll"]), np.asarray(a["nll"])
@@ -91,19 +84,16 @@ class _Corpus:
         self.delta = self.after - self.before
         self.accuracy_delta = entry["after"]["accuracy"] - entry["before"]["accuracy"]
 
-    def replicates(self) -> tuple[np.ndarray, np.ndarray]:
+    def replicates(self) -> tuple:
         """(loss before, loss delta) per draw."""
         before = bootstrap.ratio(self.nll_b, self.tokens, self.idx)
         return before, bootstrap.ratio(self.nll_a, self.tokens, self.idx) - before
 
 
-def selectivity(target_delta: float, others_delta: float, others_loss: float) -> float:
-    """Target rise / max(others' mean rise, FLOOR_REL * their mean loss)."""
-    return target_delta / max(others_delta, FLOOR_REL * others_loss)
-
-
 def _side(out: dict, prefix: str, target: _Corpus | None, others: list[_Corpus]) -> None:
     """Target and others' metrics with intervals, under `prefix` ("" in-source, "oos_" out)."""
+    import numpy as np
+
     if target is None:
         return
     tb, td = target.replicates()

@@ -20,7 +20,7 @@ from ...errors import UsageError
 from ...infra.params import Param, by_name
 from ...infra.registry import Registry
 
-RULES = ("skew", "corr", "budget")  # registration: module names under this package
+RULES = ("skew", "corr", "budget", "attribution", "contrastive", "oracle")  # registration: module names under this package
 
 
 @dataclass
@@ -34,6 +34,12 @@ class Context:
     seq_len: int = 256
     batch_size: int = 8
     model: Any = None  # a loaded model to reuse, else loaded on demand
+    memo: dict = field(default_factory=dict)  # what a rule computed once for several parameter values
+
+    def cached(self, key: str, compute: Callable[[Context], Any]) -> Any:
+        if key not in self.memo:
+            self.memo[key] = compute(self)
+        return self.memo[key]
 
     def load_model(self):
         if self.model is None:
@@ -73,6 +79,7 @@ class Rule:
     score: Callable[..., Score]  # (target, references, params, masks) -> Score
     needs_labels: bool = False  # per-token labels (only the toxicity corpus has them)
     needs_references: bool = True  # reference profiles beside the target's
+    needs_model: bool = False  # runs the model on text (dry runs try its grid only when it is chosen)
     default_for: tuple[str, ...] = ()  # target kinds it is the default rule of
 
 
@@ -130,3 +137,46 @@ def reference_max(others: list, prior_tokens: int = PRIOR_TOKENS):
 
     pooled = sum(p.S for p in others) / sum(p.n for p in others)
     return torch.stack([(p.S + prior_tokens * pooled) / (p.n + prior_tokens) for p in others]).amax(0)
+
+
+# ---------------------------------------------------------------------------- text behind the profiles
+
+
+def corpus_ref(meta: dict) -> str:
+    """How to open a profile's corpus again: its registered name, or a user corpus's path."""
+    return str(meta.get("corpus_ref") or meta.get("corpus", "target"))
+
+
+def profile_docs(meta: dict, part: str, *, toxic_only: bool = False) -> list[dict]:
+    """The `fit` (profiled) or `holdout` documents of a profile's corpus (refused if the corpus
+    changed since it was profiled). Never the eval split."""
+    from ...corpora import open_corpus, split_profile_docs
+
+    name, fingerprint = corpus_ref(meta), meta.get("corpus_fingerprint")
+    corpus = open_corpus(name)
+    if fingerprint is not None and corpus.fingerprint != fingerprint:
+        raise UsageError(f"corpus {name} changed since it was profiled (fingerprint {corpus.fingerprint[:12]}, "
+                         f"profile has {fingerprint[:12]}); profile it again")
+    fit, held = split_profile_docs(corpus.load("profile"))
+    docs = fit if part == "fit" else held
+    return [d for d in docs if d.get("label", 0.0) >= 0.5] if toxic_only else docs
+
+
+def interleave(doc_lists: list[list[dict]]) -> list[dict]:
+    """Round-robin over corpora, so a token cap takes an equal share of each."""
+    from itertools import chain, zip_longest
+
+    return [d for d in chain.from_iterable(zip_longest(*doc_lists)) if d is not None]
+
+
+def profile_text(ctx: Context, tokens: int, part: str = "fit"):
+    """Token rows of the target's and of the references' (interleaved) profile-split text."""
+    from ...model import scoring
+
+    toxic = ctx.target.meta.get("corpus_kind") == "toxicity"
+    tok = ctx.checkpoint.tokenizer
+    target = scoring.rows(scoring.token_stream(tok, profile_docs(ctx.target.meta, part, toxic_only=toxic), tokens),
+                          ctx.seq_len, "target profile text")
+    retain = scoring.rows(scoring.token_stream(tok, interleave([profile_docs(p.meta, part) for p in ctx.others]),
+                                               tokens), ctx.seq_len, "reference profile text")
+    return target, retain

@@ -7,12 +7,21 @@ with n) and never masks more than MAX_FRACTION of the experts."""
 from __future__ import annotations
 
 import math
-from itertools import chain, zip_longest
 
 from ...errors import UsageError
 from ...infra.params import Param
 from ...model import masks as masks_mod
-from . import Choice, Context, Rule, Score, as_masks, check_same_model, reference_max
+from . import (
+    Choice,
+    Context,
+    Rule,
+    Score,
+    as_masks,
+    check_same_model,
+    interleave,
+    profile_docs,
+    reference_max,
+)
 
 MAX_FRACTION = 0.05  # the budget rule never masks more than this share of a model's experts
 HELD_OUT_TOKENS = 20_000  # tokens of held-out text per side (target, retain) each trial scores
@@ -94,34 +103,11 @@ def budget(model, tokenizer, target_docs: list[dict], retain_docs: list[dict], t
     return top(best[1])
 
 
-def _ref(meta: dict) -> str:
-    """How to open a profile's corpus again: its registered name, or a user corpus's path."""
-    return str(meta.get("corpus_ref") or meta.get("corpus", "target"))
-
-
-def _holdout(meta: dict, *, toxic_only: bool = False) -> list[dict]:
-    """The held-out documents of a profile's corpus (refused if the corpus changed since)."""
-    from ...corpora import open_corpus, split_profile_docs
-
-    name, fingerprint = _ref(meta), meta.get("corpus_fingerprint")
-    corpus = open_corpus(name)
-    if fingerprint is not None and corpus.fingerprint != fingerprint:
-        raise UsageError(f"corpus {name} changed since it was profiled (fingerprint {corpus.fingerprint[:12]}, "
-                         f"profile has {fingerprint[:12]}); profile it again")
-    _, held = split_profile_docs(corpus.load("profile"))
-    return [d for d in held if d.get("label", 0.0) >= 0.5] if toxic_only else held
-
-
-def _interleave(doc_lists: list[list[dict]]) -> list[dict]:
-    """Round-robin over corpora, so a token cap takes an equal share of each."""
-    return [d for d in chain.from_iterable(zip_longest(*doc_lists)) if d is not None]
-
-
 def _select(ctx: Context, retain_budget: float) -> Choice:
     toxic = ctx.target.meta.get("corpus_kind") == "toxicity"
     trace: list[dict] = []
-    masks = budget(ctx.load_model(), ctx.checkpoint.tokenizer, _holdout(ctx.target.meta, toxic_only=toxic),
-                   _interleave([_holdout(p.meta) for p in ctx.others]), ctx.target, ctx.others,
+    masks = budget(ctx.load_model(), ctx.checkpoint.tokenizer, profile_docs(ctx.target.meta, "holdout", toxic_only=toxic),
+                   interleave([profile_docs(p.meta, "holdout") for p in ctx.others]), ctx.target, ctx.others,
                    retain_budget=retain_budget, seq_len=ctx.seq_len, batch_size=ctx.batch_size, trace=trace)
     params = {"retain_budget": retain_budget, "held_out_tokens": HELD_OUT_TOKENS, "seq_len": ctx.seq_len,
               "max_fraction": MAX_FRACTION, "held_out": "profile split, held-out documents (never eval)",
@@ -147,4 +133,5 @@ RULE = Rule(
     params=(RETAIN_BUDGET,),
     select=_select,
     score=score,
+    needs_model=True,
 )
