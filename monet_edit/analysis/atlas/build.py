@@ -59,11 +59,12 @@ class State:
                    torch.zeros(*shape, corpora, dtype=torch.float64, device=device))
 
     def merge(self, other: State) -> State:
-        """Both states together (counts and sums add, lists merge)."""
+        """This state and a later one (of text after this one's) together: counts and sums add,
+        lists merge."""
         k = self.top_w.shape[-1]
         w, p = pairs.merge_lists(self.top_w.flatten(0, 1), self.top_p.flatten(0, 1),
                                  other.top_w.flatten(0, 1).to(self.top_w.device),
-                                 other.top_p.flatten(0, 1).to(self.top_w.device), k)
+                                 other.top_p.flatten(0, 1).to(self.top_w.device), k, later=True)
         return State(w.view_as(self.top_w), p.view_as(self.top_p), self.active + other.active.to(self.active.device),
                      self.usage + other.usage.to(self.usage.device))
 

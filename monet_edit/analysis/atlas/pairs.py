@@ -49,12 +49,16 @@ def empty_lists(rows: int, k: int, device=None) -> tuple[torch.Tensor, torch.Ten
             torch.full((rows, k), EMPTY, dtype=torch.long, device=device))
 
 
-def merge_lists(wa: torch.Tensor, pa: torch.Tensor, wb: torch.Tensor, pb: torch.Tensor,
-                k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row by row, the `k` best of two lists [R, ka] and [R, kb] by (-weight, position)."""
+def merge_lists(wa: torch.Tensor, pa: torch.Tensor, wb: torch.Tensor, pb: torch.Tensor, k: int, *,
+                later: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row by row, the `k` best of two lists [R, ka] and [R, kb] by (-weight, position).
+
+    `later`: every position in b comes after every position in a (a batch or shard merged into
+    what came before it); then one stable sort by weight is enough."""
     w, p = torch.cat((wa, wb), 1), torch.cat((pa, pb), 1)
-    by_position = p.argsort(dim=1, stable=True)
-    w, p = w.gather(1, by_position), p.gather(1, by_position)
+    if not later:
+        by_position = p.argsort(dim=1, stable=True)
+        w, p = w.gather(1, by_position), p.gather(1, by_position)
     by_weight = w.argsort(dim=1, descending=True, stable=True)[:, :k]
     return w.gather(1, by_weight), p.gather(1, by_weight)
 
@@ -63,14 +67,19 @@ def add_candidates(top_w: torch.Tensor, top_p: torch.Tensor, expert: torch.Tenso
                    position: torch.Tensor) -> None:
     """Merge occurrences (expert, weight, position) into the lists top_w/top_p [R, k] in place.
 
-    Only the experts that occur are touched: the candidates are ranked within each expert, cut to
-    k, and merged with those experts' lists."""
+    The occurrences come in ascending position, after every position already in the lists (the
+    text is scanned in order). Only occurrences that beat their expert's k-th entry are kept (once
+    the lists fill, few do); they are ranked within each expert by one sort, cut to k, and merged
+    with those experts' lists."""
+    k = top_w.shape[1]
+    enters = weight > top_w[expert, k - 1]  # a tie with the k-th loses: its position is later
+    expert, weight, position = expert[enters], weight[enters], position[enters]
     if expert.numel() == 0:
         return
-    k = top_w.shape[1]
-    order = position.argsort(stable=True)
-    order = order[weight[order].argsort(descending=True, stable=True)]  # by (-weight, position)
-    order = order[expert[order].argsort(stable=True)]  # grouped by expert, each group in that order
+    # positive float32 weights order like their bit patterns: one int64 key sorts by (expert,
+    # -weight), and the stable sort keeps ascending positions among equal weights
+    bits = weight.contiguous().view(torch.int32).long()
+    order = (expert * (1 << 31) + ((1 << 31) - 1 - bits)).argsort(stable=True)
     expert, weight, position = expert[order], weight[order], position[order]
     touched, counts = torch.unique_consecutive(expert, return_counts=True)
     row = torch.repeat_interleave(torch.arange(touched.numel(), device=expert.device), counts)
@@ -79,4 +88,4 @@ def add_candidates(top_w: torch.Tensor, top_p: torch.Tensor, expert: torch.Tenso
     cand_w, cand_p = empty_lists(touched.numel(), k, expert.device)
     cand_w[row[keep], rank[keep]] = weight[keep]
     cand_p[row[keep], rank[keep]] = position[keep]
-    top_w[touched], top_p[touched] = merge_lists(top_w[touched], top_p[touched], cand_w, cand_p, k)
+    top_w[touched], top_p[touched] = merge_lists(top_w[touched], top_p[touched], cand_w, cand_p, k, later=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -66,7 +68,7 @@ def build(
     opt.maybe_launch(ctx, nproc)
     meta = build_atlas(model, names, out=out, tokens=tokens, seq_len=seq_len, batch_size=batch_size, top=top,
                        split=split, shard_tokens=shard_tokens, device=device, force=force, resume=resume,
-                       command=opt.command_line())
+                       command=shlex.join(["monet-edit", *(ctx.obj or {}).get("argv", sys.argv[1:])]))
     if meta is None:
         return
     from ...analysis.atlas.store import human
