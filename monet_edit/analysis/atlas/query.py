@@ -243,7 +243,7 @@ class Reader:
         a, tok = self.atlas, self.tokenizer
         ids = a.ids.reshape(-1)
         T = a.seq_len
-        starts, ends = self._word_flags()
+        starts, ends, wordy = self._word_flags()
         forms = {}
         for form in dict.fromkeys((word, word.lower(), word.capitalize(), word.upper())):
             for prefix in ("", " "):
@@ -253,9 +253,11 @@ class Reader:
         found, matched = [], []
         for seq in forms:
             L, hit_any = len(seq), False
+            if max(seq) >= a.offsets.shape[0] - 1:
+                continue
             for m, token_id in enumerate(seq):
-                if token_id >= a.offsets.shape[0] - 1:
-                    break
+                if not wordy[token_id]:  # the leading space of " word" is not the word
+                    continue
                 lo, hi = int(a.offsets[token_id]), int(a.offsets[token_id + 1])
                 entries = np.asarray(a.entries[lo:hi], dtype=np.int64)
                 start = a.top_position.reshape(-1)[entries].astype(np.int64) - m
@@ -277,18 +279,19 @@ class Reader:
         return entries, matched
 
     @functools.lru_cache(maxsize=1)  # noqa: B019
-    def _word_flags(self) -> tuple[np.ndarray, np.ndarray]:
+    def _word_flags(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per token id: does it start a new word (a space or punctuation first, or a SentencePiece
-        word marker), and does it end with a letter or digit."""
+        word marker), does it end with a letter or digit, and does it hold one at all."""
         size = self.atlas.offsets.shape[0] - 1
-        starts, ends = np.ones(size, dtype=bool), np.zeros(size, dtype=bool)
+        starts, ends, wordy = np.ones(size, dtype=bool), np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
         for v in range(size):
             text = self.tokenizer.decode([v])
             if not text:
                 continue
             starts[v] = not text[0].isalnum() or self.tokenizer.decode([v, v]) != text + text
             ends[v] = text[-1].isalnum()
-        return starts, ends
+            wordy[v] = any(ch.isalnum() for ch in text)
+        return starts, ends, wordy
 
     # ------------------------------------------------------------------ the atlas
 

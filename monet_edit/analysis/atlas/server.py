@@ -168,8 +168,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(app: Starlette, sock: socket.socket) -> None:
-    """Serve until interrupted (Ctrl-C stops uvicorn cleanly)."""
+    """Serve until Ctrl-C (uvicorn finishes the open requests, then re-raises the interrupt: for a
+    server that is the normal way to stop, not a failure)."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass

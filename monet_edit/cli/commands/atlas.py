@@ -122,6 +122,7 @@ def serve(
                   f"run the model", soft_wrap=True)
     err.print(f"serving {directory} at http://{shown}:{bound_port}/ (API: /api; Ctrl-C to stop)", soft_wrap=True)
     server.serve(app_, sock)
+    err.print("stopped")
 
 
 def register(root: typer.Typer) -> None:
