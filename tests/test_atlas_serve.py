@@ -351,3 +351,28 @@ def test_web_app_in_headless_chromium(served, browser, client):
     assert error.text == client.get("/api/expert/0/999/0").json()["error"]
     logs = browser.get_log("browser")
     assert len(logs) == 1 and "404" in logs[0]["message"], logs  # only the refused request itself
+
+
+def test_serve_checks_the_model_and_works_without_it(atlas_dir, tiny_ckpt_vd, tmp_path):
+    from starlette.testclient import TestClient
+
+    from monet_edit.errors import UsageError
+
+    with pytest.raises(UsageError, match="fingerprint"):
+        server.open_app(atlas_dir, model=str(tiny_ckpt_vd))  # another model: refused
+    moved = tmp_path / "moved"
+    shutil.copytree(atlas_dir, moved)
+    meta = json.loads((moved / "atlas.json").read_text())
+    meta["model"]["directory"] = str(tmp_path / "gone")
+    (moved / "atlas.json").write_text(json.dumps(meta))
+    notes: list[str] = []
+    app, _ = server.open_app(moved, say=notes.append)
+    assert len(notes) == 1 and "masking is off" in notes[0]
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/api/atlas").json()["masking"] is False
+    assert client.get("/api/expert/0/1/2").status_code == 200  # browsing still works (stored tokenizer)
+    res = client.post("/api/mask", json={"group": 0, "i": 1, "j": 2, "text": TEXT})
+    assert res.status_code == 503 and "--model" in res.json()["error"]
+    (moved / "experts.safetensors").write_bytes(b"damaged")
+    with pytest.raises(UsageError, match="sha256"):
+        server.open_app(moved)
