@@ -221,7 +221,7 @@ BAD = [
     ("POST", "/api/mask", json.dumps({"group": 0, "i": 1, "j": 2}).encode(), 400, "text is empty"),
     ("POST", "/api/mask", json.dumps({"group": 0, "i": 1, "text": "x y"}).encode(), 400, "j is required"),
     ("POST", "/api/mask", json.dumps({"group": 5, "i": 1, "j": 2, "text": "x y"}).encode(), 404, "group 5"),
-    ("POST", "/api/mask", json.dumps({"group": 0, "i": 1, "j": 2, "text": 5}).encode(), 400, "text is empty"),
+    ("POST", "/api/mask", json.dumps({"group": 0, "i": 1, "j": 2, "text": 5}).encode(), 400, "text must be a string"),
     ("POST", "/api/mask", json.dumps({"group": 0, "i": 1, "j": 2, "text": "x" * 3000}).encode(), 413, "at most 2000"),
     ("POST", "/api/mask", json.dumps({"group": 0, "i": 1, "j": 2, "text": "law " * 400}).encode(), 413, "positions"),
     ("POST", "/api/mask", json.dumps({"group": 0, "i": 1, "j": 2, "text": "x", "new_tokens": 99}).encode(), 400,

@@ -52,7 +52,9 @@ class Masking:
         from ...model import generate
         from ..experts import token_text
 
-        if not isinstance(text, str) or not text.strip():
+        if text is not None and not isinstance(text, str):
+            raise QueryError(f"text must be a string, got {type(text).__name__}")
+        if not text or not text.strip():
             raise QueryError("text is empty: type a short text to run before and after masking")
         if len(text) > MAX_CHARS:
             raise QueryError(f"text is {len(text)} characters long; at most {MAX_CHARS}", 413)

@@ -38,9 +38,11 @@ def build(
     resume: bool = opt.RESUME,
     json_out: bool = opt.JSON_OUT,
 ) -> None:
-    """Scan corpora once and write an atlas: every expert's top --top occurrences (with context
-    and routing weight), its density and its usage per corpus. Resumable; data-parallel under
-    torchrun (or --nproc N)."""
+    """Scan corpora once and write an atlas of every expert.
+
+    Keeps each expert's top --top occurrences (with context and routing weight), its density and
+    its usage per corpus. Resumable (--resume); data-parallel under torchrun (or --nproc N).
+    """
     from ...analysis.atlas.build import build as build_atlas
     from ...corpora import SPLITS
     from ...errors import UsageError
