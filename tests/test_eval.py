@@ -16,7 +16,6 @@ from monet_edit.evaluation import EvalParams, prepare, target_from_name
 from monet_edit.evaluation import results as report
 from monet_edit.evaluation import summary as summary_mod
 from monet_edit.evaluation.compare import evaluate
-from monet_edit.evaluation.suites import loss as loss_suite
 from monet_edit.evaluation.suites import mcq as mcq_mod
 from monet_edit.evaluation.suites import toxicity as tox
 from monet_edit.model.loading import load_model, load_tokenizer
@@ -177,9 +176,8 @@ def test_summary_numbers():
 
 
 def test_summary_keys_are_gate_metrics():
-    from monet_edit.evaluation.gates import metrics
-
     from monet_edit.corpora import oos_set
+    from monet_edit.evaluation.gates import metrics
 
     names = ["toxicity", "general", "law", *(n for n in (oos_set("toxicity"), oos_set("law")) if n)]
     loss = {n: _loss_entry(1.0, 1.1) for n in names}

@@ -74,7 +74,7 @@ class State:
 
 def load_text(tokenizer, names: list[str], *, tokens: int, seq_len: int, split: str) -> Text:
     """Up to `tokens` tokens of each corpus's `split`, in rows of `seq_len`, corpus after corpus."""
-    from ...profiling import open_corpus
+    from ...corpora import open_corpus
     from ..experts import corpus_rows
 
     blocks, corpora, first = [], [], 0
@@ -190,13 +190,13 @@ def build(model_source: str, names: list[str], *, out: str | Path, tokens: int, 
 
     group = distributed.group()
     out = Path(out)
-    directory = checkpoint.resolve(model_source)
-    config = checkpoint.load_config(directory)
+    ckpt = checkpoint.of(model_source)
+    config = ckpt.config
     if seq_len > config.max_position_embeddings:
         raise UsageError(f"--seq-len {seq_len} exceeds the model's {config.max_position_embeddings} positions")
     group.on_main(lambda: atomic.check_new_dir(out, force))
-    fingerprint = checkpoint.model_fingerprint(directory)
-    tokenizer = loading.load_tokenizer(directory)
+    fingerprint = ckpt.fingerprint
+    tokenizer = ckpt.tokenizer
     text = group.first(lambda: load_text(tokenizer, names, tokens=tokens, seq_len=seq_len, split=split))
     G, E, C = config.num_groups, config.moe_experts, len(text.corpora)
     rows_total = text.ids.shape[0]
@@ -212,7 +212,7 @@ def build(model_source: str, names: list[str], *, out: str | Path, tokens: int, 
               f"about {store.human(need['memory'])} of memory and {store.human(need['disk'])} on disk",
               soft_wrap=True)
     dev = distributed.rank_device(device, group)
-    model = loading.load_model(directory, device=dev)
+    model = loading.load_model(ckpt, device=dev)
     dev = next(model.parameters()).device
     running = State.zeros(G, E, top, C, dev) if group.main else None
     kept = sorted(n for n in journal.kept if n.startswith("state-"))
@@ -245,7 +245,7 @@ def build(model_source: str, names: list[str], *, out: str | Path, tokens: int, 
     meta = None
     if group.main:
         masks = model.masks()
-        model_meta = {"source": str(model_source), "directory": str(directory), "fingerprint": fingerprint,
+        model_meta = {"source": str(model_source), "directory": str(ckpt.dir), "fingerprint": fingerprint,
                       "decompose": config.moe_decompose, "layers": config.num_hidden_layers,
                       "groups": G, "experts": E, "heads": config.moe_heads, "topk": config.moe_topk,
                       "vocab": tokenizer.vocab_size,
@@ -258,7 +258,7 @@ def build(model_source: str, names: list[str], *, out: str | Path, tokens: int, 
                                                 corpus_fingerprints={c["name"]: c["fingerprint"] for c in text.corpora},
                                                 parameters=params)}
         with atomic.output_dir(out, force) as tmp:
-            meta = store.write(tmp, meta, arrays(running, text, tokenizer.vocab_size), tokenizer.path, directory)
+            meta = store.write(tmp, meta, arrays(running, text, tokenizer.vocab_size), tokenizer.path, ckpt.dir)
         journal.finish()
         meta["seconds"] = seconds
     group.barrier()

@@ -10,7 +10,6 @@ continuation before and after.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,11 +24,11 @@ MAX_NEW_TOKENS = 64
 class Masking:
     """Before/after runs of one model (the atlas's, checked by fingerprint)."""
 
-    def __init__(self, directory: Path, device: Any = None) -> None:
+    def __init__(self, ckpt, device: Any = None) -> None:
         from ...model import loading
 
-        self.model = loading.load_model(directory, device=device)
-        self.tokenizer = loading.load_tokenizer(directory)
+        self.model = loading.load_model(ckpt, device=device)
+        self.tokenizer = loading.load_tokenizer(ckpt)
         self.own = self.model.masks()
         self.lock = threading.Lock()
 

@@ -132,19 +132,18 @@ def open_app(atlas_dir: str | Path, *, model: str | None = None, device: Any = N
     source = model or recorded["directory"]
     masking, note = None, ""
     try:
-        directory = checkpoint.resolve(source)
+        ckpt = checkpoint.of(source)
     except UsageError as exc:
         if model is not None:
             raise
-        directory, note = None, f"the atlas's model is not here ({exc}); pass --model"
+        ckpt, note = None, f"the atlas's model is not here ({exc}); pass --model"
         if say is not None:
             say(f"warning: {note}; masking is off")
-    if directory is not None:
-        fingerprint = checkpoint.model_fingerprint(directory)
-        if fingerprint != recorded["fingerprint"]:
-            raise UsageError(f"{source}: model fingerprint {fingerprint[:12]} is not the atlas's "
+    if ckpt is not None:
+        if ckpt.fingerprint != recorded["fingerprint"]:
+            raise UsageError(f"{source}: model fingerprint {ckpt.fingerprint[:12]} is not the atlas's "
                              f"({recorded['fingerprint'][:12]}); pass the model the atlas was built from")
-        masking = Masking(directory, device=device)
+        masking = Masking(ckpt, device=device)
     reader = Reader(atlas, open_tokenizer(atlas.dir))
     return create_app(reader, masking, note), reader
 
