@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 DPKG_INFO = Path("/var/lib/dpkg/info")
@@ -93,17 +92,16 @@ def roff_text(source: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def manpage_documents(package: str) -> Iterator[tuple[str, str]]:
-    """(relative id, text) for each manual page of `package`, e.g. ("de/man1/ls.1", "...")."""
-    for path in manpage_files(package):
-        try:
-            source = gzip.open(path).read().decode("utf-8", errors="replace")
-        except (OSError, EOFError):
-            continue
-        if source.startswith(".so "):  # a link to another page
-            continue
-        parts = path.parts
-        rel = "/".join(parts[parts.index("man") + 1 :])[: -len(".gz")]
-        text = roff_text(source)
-        if text:
-            yield rel, text
+def manpage_id(path: Path) -> str:
+    """A page's id below its man directory, e.g. "de/man1/ls.1"."""
+    parts = path.parts
+    return "/".join(parts[parts.index("man") + 1 :])[: -len(".gz")]
+
+
+def manpage_text(path: Path) -> str:
+    """The text of one manual page ("" for a page that only links to another, or is unreadable)."""
+    try:
+        source = gzip.open(path).read().decode("utf-8", errors="replace")
+    except (OSError, EOFError):
+        return ""
+    return "" if source.startswith(".so ") else roff_text(source)

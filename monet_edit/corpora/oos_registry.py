@@ -60,10 +60,11 @@ class OosSpec:
     description: str
     parts: tuple[Part, ...]
     cap_chars: int = CAP_CHARS
+    source_label: str = ""  # shown instead of the parts' sources
 
     @property
     def source(self) -> str:
-        return " + ".join(dict.fromkeys(p.source for p in self.parts))
+        return self.source_label or " + ".join(dict.fromkeys(p.source for p in self.parts))
 
     def corpus_spec(self) -> CorpusSpec:
         """A CorpusSpec of the target's kind and family (what evaluation needs to know)."""
@@ -100,16 +101,22 @@ def _wordnet(sel: WordnetSelection, share: float = 1.0) -> Part:
                 "apt-get install wordnet-base", pack=True, share=share)  # fmt: skip
 
 
-def _paged(pages: Iterable[tuple[str, str]]) -> Iterator[dict]:
-    """Documents of long texts: texts in stable-hash order, each cut into paragraph packs."""
-    for rel, text in sorted(pages, key=lambda p: sources.stable_hash(p[0])):
-        for i, doc in enumerate(sources.chunk_paragraphs(text)):
+def _paged(pages: Iterable[tuple[str, Callable[[], str]]]) -> Iterator[dict]:
+    """Documents of long texts (id, reader): texts in stable-hash order of their ids, each read
+    only when reached and cut into paragraph packs."""
+    for rel, read in sorted(pages, key=lambda p: sources.stable_hash(p[0])):
+        for i, doc in enumerate(sources.chunk_paragraphs(read())):
             yield {"id": f"{rel}:{i:04d}", "text": doc}
+
+
+def _manpage_texts(package: str) -> Iterator[tuple[str, Callable[[], str]]]:
+    for path in manpages.manpage_files(package):
+        yield manpages.manpage_id(path), lambda path=path: manpages.manpage_text(path)
 
 
 def _manpages(package: str, language: str, share: float = 1.0) -> Part:
     return Part("man", f"debian:{package}", f"{language} translations of manual pages (manpages-l10n)",
-                lambda: _paged(manpages.manpage_documents(package)),
+                lambda: _paged(_manpage_texts(package)),
                 lambda: bool(manpages.manpage_files(package)), f"apt-get install {package}",
                 share=share)  # fmt: skip
 
@@ -153,7 +160,7 @@ def _licence_files() -> list[Path]:
 
 def _licences(share: float = 1.0) -> Part:
     return Part("licences", "debian:base-files", f"licence texts in {LICENCE_DIR} (GPL, Apache, MPL, ...)",
-                lambda: _paged((p.name, p.read_text(encoding="utf-8", errors="replace"))
+                lambda: _paged((p.name, lambda p=p: p.read_text(encoding="utf-8", errors="replace"))
                                for p in _licence_files()),
                 lambda: bool(_licence_files()), "apt-get install base-files", share=share)  # fmt: skip
 
@@ -386,7 +393,8 @@ def _retain(specs: list[OosSpec]) -> OosSpec:
     return OosSpec(RETAIN, "general",
                    "equal shares of every other out-of-source set (every domain, code and natural "
                    "language, toxicity); each document names its set in 'set'",
-                   tuple(retain_part(s) for s in specs), cap_chars=RETAIN_CAP_CHARS)  # fmt: skip
+                   tuple(retain_part(s) for s in specs), cap_chars=RETAIN_CAP_CHARS,
+                   source_label="mixture of the out-of-source sets")  # fmt: skip
 
 
 @lru_cache(maxsize=1)

@@ -143,10 +143,11 @@ def _read_built(spec: OosSpec, target: Path, digest: str | None) -> OosSet | Non
     return OosSet(spec.corpus_spec(), meta["fingerprint"], target, meta["counts"], meta["chars"], meta)
 
 
-def cached(name: str) -> OosSet | None:
-    """The built set if it is cached and was checked against the cached embedded corpora (never builds)."""
+def cached(name: str, fingerprints: dict[str, str] | None = None) -> OosSet | None:
+    """The built set if it is cached and was checked against the cached embedded corpora (never
+    builds); `fingerprints` (embedded_fingerprints(build=False)) saves looking them up again."""
     spec = get_oos(name)
-    fps = embedded_fingerprints(build=False)
+    fps = fingerprints if fingerprints is not None else embedded_fingerprints(build=False)
     return _read_built(spec, set_dir(spec.name), guard_digest(fps) if fps is not None else None)
 
 
