@@ -39,14 +39,16 @@ def _b64(s: str) -> int:
 
 
 @lru_cache(maxsize=8)
-def dictd_entries(db: str) -> tuple[tuple[str, str], ...]:
-    """(headword, text) of every entry of dictd database `db`, in index order; entries that several
-    headwords share appear once, the database's own "00-database-*" records are skipped."""
+def dictd_entries(db: str) -> tuple[tuple[str, str, str], ...]:
+    """(key, headword, text) of every entry of dictd database `db`, in index order; entries that
+    several headwords share appear once, the database's own "00-database-*" records are skipped.
+    The key is the headword, with "~N" added for its N-th further entry (a noun and a verb)."""
     path = dictd_path(db)
     if path is None:
         raise FileNotFoundError(f"{DICTD_DIR}/{db}.dict.dz")
     data = gzip.open(path).read()  # dictzip is gzip-compatible
     seen: set[tuple[int, int]] = set()
+    heads: dict[str, int] = {}
     out = []
     for line in (DICTD_DIR / f"{db}.index").read_text(encoding="utf-8", errors="replace").splitlines():
         parts = line.split("\t")
@@ -57,7 +59,8 @@ def dictd_entries(db: str) -> tuple[tuple[str, str], ...]:
             continue
         seen.add(key)
         text = data[key[0] : key[0] + key[1]].decode("utf-8", errors="replace")
-        out.append((parts[0], text))
+        n = heads[parts[0]] = heads.get(parts[0], -1) + 1
+        out.append((parts[0] + (f"~{n}" if n else ""), parts[0], text))
     return tuple(out)
 
 
@@ -92,14 +95,14 @@ def gcide_clean(text: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _gcide_labelled() -> dict[str, tuple[tuple[str, int, str], ...]]:
-    """Usage label -> (headword, block number, block) of every GCIDE sense whose text opens with
+def _gcide_labelled() -> dict[str, tuple[tuple[str, str, int, str], ...]]:
+    """Usage label -> (entry key, headword, block number, block) of every GCIDE sense whose text opens with
     it (within its first 160 characters: a label there marks the sense, later it is cited)."""
-    out: dict[str, list[tuple[str, int, str]]] = {}
-    for head, text in dictd_entries("gcide"):
+    out: dict[str, list[tuple[str, str, int, str]]] = {}
+    for key, head, text in dictd_entries("gcide"):
         for i, block in enumerate(re.split(r"\n\s*\n", text)):
             for m in _LABEL.finditer(block, 0, 160):
-                out.setdefault(m.group(1), []).append((head, i, block))
+                out.setdefault(m.group(1), []).append((key, head, i, block))
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -109,13 +112,13 @@ def gcide_senses(labels: Iterable[str]) -> Iterator[dict]:
     index = _gcide_labelled()
     seen: set[tuple[str, int]] = set()
     for label in labels:
-        for head, i, block in index.get(label, ()):
-            if (head, i) in seen:
+        for key, head, i, block in index.get(label, ()):
+            if (key, i) in seen:
                 continue
-            seen.add((head, i))
+            seen.add((key, i))
             sense = gcide_clean(block)
             if len(sense) >= 40:
-                yield {"id": f"{head}#{i}", "text": f"{head}: {sense}" if i else sense}
+                yield {"id": f"{key}#{i}", "text": f"{head}: {sense}" if i else sense}
 
 
 # ----------------------------------------------------------------------------- WordNet

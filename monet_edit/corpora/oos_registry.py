@@ -81,7 +81,7 @@ def stable_order(docs: Iterable[dict]) -> list[dict]:
 
 def _dictd(db: str, what: str, share: float = 1.0) -> Part:
     def read() -> list[dict]:
-        return stable_order({"id": h, "text": lexicon.dictd_text(t)} for h, t in lexicon.dictd_entries(db))
+        return stable_order({"id": k, "text": lexicon.dictd_text(t)} for k, _, t in lexicon.dictd_entries(db))
 
     return Part(db, f"debian:dict-{db}", what, read, lambda: lexicon.dictd_path(db) is not None,
                 f"apt-get install dict-{db}", pack=True, share=share)  # fmt: skip
@@ -288,9 +288,9 @@ def _lexicon_entries() -> list[dict]:
     """Every GCIDE entry's first block and every WordNet synset (raw text; "marked" when the
     dictionary itself calls it vulgar, slang, offensive or the like)."""
     docs = []
-    for head, text in lexicon.dictd_entries("gcide"):
+    for key, _, text in lexicon.dictd_entries("gcide"):
         first = text.split("\n\n")[0]
-        docs.append({"id": f"gcide/{head}", "raw": first, "marked": _marked(text[:800])})
+        docs.append({"id": f"gcide/{key}", "raw": first, "marked": _marked(text[:800])})
     syn = lexicon.wordnet()
     for key, s in syn.items():
         usage = {syn[t].words[0] for sym, t in s.pointers if sym == ";u" and t in syn}

@@ -91,7 +91,7 @@ def list_cmd(
 
     if kind is not None and kind not in KINDS:
         raise UsageError(f"unknown corpus kind {kind!r}; choose one of {', '.join(KINDS)}")
-    from ...corpora import list_oos, oos_name, oos_store
+    from ...corpora import list_oos, oos_store
 
     entries = [_entry(s) for s in list_corpora() if kind is None or s.kind == kind]
     fingerprints = oos_store.embedded_fingerprints(build=False)
@@ -132,7 +132,7 @@ def list_cmd(
         table.add_row(o["name"], o["target"], avail, built, o["source"] if o["available"] else o["detail"])
     con.print(table)
     con.print(f"{sum(o['available'] for o in oos_rows)}/{len(oos_rows)} available; "
-              f"`monet-edit corpora show {oos_name('law')}` describes one")
+              "`monet-edit corpora show NAME@oos` describes one")
     if any(e["kind"] == "toxicity" for e in entries):
         from ...corpora import WEAK_LABELS
 
