@@ -100,6 +100,8 @@ def _gcide_labelled() -> dict[str, tuple[tuple[str, str, int, str], ...]]:
     it (within its first 160 characters: a label there marks the sense, later it is cited)."""
     out: dict[str, list[tuple[str, str, int, str]]] = {}
     for key, head, text in dictd_entries("gcide"):
+        shown = re.match(r"\s*([^\\,\n]+?)\s*[\\,\n]", text)  # the entry's own headword, not the index's
+        head = shown.group(1) if shown else head
         for i, block in enumerate(re.split(r"\n\s*\n", text)):
             for m in _LABEL.finditer(block, 0, 160):
                 out.setdefault(m.group(1), []).append((key, head, i, block))

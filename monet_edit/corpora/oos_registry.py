@@ -406,7 +406,8 @@ def _specs() -> tuple[OosSpec, ...]:
         by_target[spec.target] = spec
     by_target["toxicity"] = OosSpec(
         "toxicity@oos", "toxicity",
-        f"dictionary definitions (slurs, insults and profanity among them), not fortunes; {registry.WEAK_LABELS}",
+        "dictionary definitions (slurs, insults and profanity among them), not fortunes; labels are WEAK: "
+        "scores of the same bag-of-words profanity classifier (alt-profanity-check), not human annotations",
         _toxicity_parts(),
     )  # fmt: skip
     ordered = [by_target[s.name] for s in registry.list_corpora() if s.name in by_target]
