@@ -137,6 +137,17 @@ def test_every_oos_set_builds_non_empty_eval_only_and_capped(built):
     assert "ß" in "".join(d["text"] for d in built["de@oos"].load("eval"))
 
 
+def test_domain_sets_are_disjoint(built):
+    """A definition that fits several domains belongs to one set only (the first in registry order)."""
+    owner: dict[str, str] = {}
+    for name in registry.DOMAINS:
+        for doc in built[f"{name}@oos"].load("eval"):
+            for entry in doc["text"].split("\n\n"):
+                key = " ".join(entry.split())
+                if len(key) >= 40 and doc["part"] in ("gcide", "wordnet"):
+                    assert owner.setdefault(key, name) == name, (key[:80], owner[key], name)
+
+
 def test_toxicity_oos_set_has_weakly_labelled_toxic_and_clean_prompts(built):
     from monet_edit.evaluation.suites.toxicity import select_prompts
 

@@ -108,19 +108,27 @@ def _gcide_labelled() -> dict[str, tuple[tuple[str, str, int, str], ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def gcide_senses(labels: Iterable[str]) -> Iterator[dict]:
-    """GCIDE senses marked with one of the usage labels (e.g. "Law", "Zool."), as documents
-    "Headword: sense": the label is the dictionary's own, not a guess of ours."""
+def gcide_sense_ids(labels: Iterable[str]) -> set[str]:
+    """The ids gcide_senses(labels) may yield (without cleaning any text)."""
     index = _gcide_labelled()
-    seen: set[tuple[str, int]] = set()
+    return {f"{key}#{i}" for label in labels for key, _, i, _ in index.get(label, ())}
+
+
+def gcide_senses(labels: Iterable[str], exclude: frozenset[str] = frozenset()) -> Iterator[dict]:
+    """GCIDE senses marked with one of the usage labels (e.g. "Law", "Zool."), as documents
+    "Headword: sense" (the label is the dictionary's own, not a guess of ours); ids in `exclude`
+    are skipped."""
+    index = _gcide_labelled()
+    seen: set[str] = set(exclude)
     for label in labels:
         for key, head, i, block in index.get(label, ()):
-            if (key, i) in seen:
+            doc_id = f"{key}#{i}"
+            if doc_id in seen:
                 continue
-            seen.add((key, i))
+            seen.add(doc_id)
             sense = gcide_clean(block)
             if len(sense) >= 40:
-                yield {"id": f"{key}#{i}", "text": f"{head}: {sense}" if i else sense}
+                yield {"id": doc_id, "text": f"{head}: {sense}" if i else sense}
 
 
 # ----------------------------------------------------------------------------- WordNet

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from ..errors import UsageError
@@ -87,18 +87,41 @@ def _dictd(db: str, what: str, share: float = 1.0) -> Part:
                 f"apt-get install dict-{db}", pack=True, share=share)  # fmt: skip
 
 
-def _gcide(labels: tuple[str, ...], share: float = 1.0) -> Part:
+def _gcide(domain: str, share: float = 1.0) -> Part:
+    labels = _TOPIC_LABELS[domain][0]
     shown = ", ".join(f"({x})" for x in labels[:6]) + (", ..." if len(labels) > 6 else "")
     return Part("gcide", "debian:dict-gcide", f"senses labelled {shown}",
-                lambda: stable_order(lexicon.gcide_senses(labels)),
+                lambda: stable_order(lexicon.gcide_senses(labels, _claimed_before(domain)[0])),
                 lambda: lexicon.dictd_path("gcide") is not None, "apt-get install dict-gcide",
                 pack=True, share=share)  # fmt: skip
 
 
-def _wordnet(sel: WordnetSelection, share: float = 1.0) -> Part:
-    return Part("wordnet", "debian:wordnet-base", f"WordNet 3.0 glosses: {sel.describe()}",
-                lambda: stable_order(lexicon.wordnet_glosses(sel)), lexicon.wordnet_available,
-                "apt-get install wordnet-base", pack=True, share=share)  # fmt: skip
+def _wordnet(domain: str, share: float = 1.0) -> Part:
+    sel = _TOPIC_LABELS[domain][1]
+
+    def read() -> list[dict]:
+        claimed = _claimed_before(domain)[1]
+        return stable_order(d for d in lexicon.wordnet_glosses(sel) if d["id"] not in claimed)
+
+    return Part("wordnet", "debian:wordnet-base", f"WordNet 3.0 glosses: {sel.describe()}", read,
+                lexicon.wordnet_available, "apt-get install wordnet-base", pack=True, share=share)  # fmt: skip
+
+
+@cache
+def _selected(domain: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(GCIDE ids, WordNet ids) domain `domain` selects before any is claimed by another."""
+    labels, sel = _TOPIC_LABELS[domain]
+    return frozenset(lexicon.gcide_sense_ids(labels)), frozenset(d["id"] for d in lexicon.wordnet_glosses(sel))
+
+
+@cache
+def _claimed_before(domain: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(GCIDE ids, WordNet ids) the domains before `domain` (registry order) take: a definition
+    that fits several domains belongs to the first, so the domain sets are disjoint."""
+    before = list(registry.DOMAINS)[: list(registry.DOMAINS).index(domain)]
+    gcide = frozenset().union(*(_selected(n)[0] for n in before))
+    wordnet = frozenset().union(*(_selected(n)[1] for n in before))
+    return gcide, wordnet
 
 
 def _paged(pages: Iterable[tuple[str, Callable[[], str]]]) -> Iterator[dict]:
@@ -179,9 +202,13 @@ def _perl_files() -> list[Path]:
     for path in manpages.package_files("automake") + manpages.package_files("autoconf"):
         if not path.is_file() or path.is_symlink():
             continue
-        if path.suffix == ".pm" or (path.parent.name == "bin" and path.read_bytes()[:64].startswith(b"#!")
-                                    and b"perl" in path.read_bytes()[:64]):  # fmt: skip
+        if path.suffix == ".pm":
             out.append(path)
+        elif path.parent.name == "bin":
+            with open(path, "rb") as fh:
+                head = fh.read(64)
+            if head.startswith(b"#!") and b"perl" in head.split(b"\n")[0]:
+                out.append(path)
     return out
 
 
@@ -215,6 +242,7 @@ _TOPIC_LABELS: dict[str, tuple[tuple[str, ...], WordnetSelection]] = {
                                                "business/noun.group", "accounting/noun.act"))),
     "chemistry": (("Chem.", "Old Chem.", "Biochem.", "Physiol. Chem.", "Med. Chem.", "Metal."),
                   WordnetSelection(topics=("chemistry", "biochemistry"), lexfiles=("noun.substance",))),
+    "computer_science": (("Computers",), WordnetSelection(topics=("computer_science", "computer"))),
     "economics": (("Polit. Econ.", "Finance", "Com."),
                   WordnetSelection(topics=("economics", "finance", "tax", "banking"),
                                    lexfiles=("noun.possession",))),
@@ -319,25 +347,23 @@ def _scored_lexicon() -> tuple[list[dict], list[dict]]:
 
 
 def _domain(name: str) -> OosSpec:
-    labels, sel = _TOPIC_LABELS[name]
     parts: tuple[Part, ...]
     if name == "law":
-        parts = (_licences(0.5), _gcide(labels, 0.3), _wordnet(sel, 0.2))
+        parts = (_licences(0.5), _gcide(name, 0.3), _wordnet(name, 0.2))
         what = "software licence texts, and law definitions from two dictionaries"
     else:
-        parts = (_gcide(labels), _wordnet(sel))
+        parts = (_gcide(name), _wordnet(name))
         what = "definitions from two dictionaries (GCIDE, from Webster's 1913, and WordNet 3.0)"
     category = registry.DOMAINS[name]
     return OosSpec(f"{name}{SUFFIX}", name, f"{category}: {what}, not exam questions", parts)
 
 
 def _computer_science() -> OosSpec:
-    sel = WordnetSelection(topics=("computer_science", "computer"))
     return OosSpec(
         f"computer_science{SUFFIX}", "computer_science",
         "computer science: the Free On-line Dictionary of Computing (FOLDOC) and WordNet glosses, "
         "not exam questions",
-        (_dictd("foldoc", "FOLDOC entries", 0.85), _wordnet(sel, 0.15)),
+        (_dictd("foldoc", "FOLDOC entries", 0.85), _wordnet("computer_science", 0.15)),
     )  # fmt: skip
 
 

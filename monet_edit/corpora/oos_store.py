@@ -259,9 +259,3 @@ def retain_part(spec: OosSpec) -> Part:
 
     return Part(spec.name, spec.name, spec.description, read, lambda: oos_availability(spec.name)[0],
                 f"the sources of {spec.name}")  # fmt: skip
-
-
-def open_set(name: str) -> OosSet:
-    """An OOS set for evaluation (built if needed)."""
-    return build(name)
-
