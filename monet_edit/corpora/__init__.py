@@ -1,12 +1,15 @@
 """Corpus registry: embedded offline corpora (domains, languages, toxicity, general), opt-in hub
 sources and user corpora, built into a cache as `datasets`-loadable jsonl with deterministic,
-disjoint train / profile / eval splits.
+disjoint train / profile / eval splits; and out-of-source evaluation sets (NAME@oos, eval only:
+`open_corpus(oos_name(target), for_eval=True)`).
 
 No torch and no heavy imports at module import time (the CLI's --help must stay fast).
 """
 
 from __future__ import annotations
 
+from .oos_registry import OosSpec, is_oos, list_oos, oos_name, oos_names
+from .oos_store import OosSet
 from .registry import (
     FAMILIES,
     KINDS,
@@ -29,6 +32,8 @@ __all__ = [
     "SPLITS",
     "WEAK_LABELS",
     "BuiltCorpus",
+    "OosSet",
+    "OosSpec",
     "CorpusSpec",
     "availability",
     "build",
@@ -36,10 +41,14 @@ __all__ = [
     "cached",
     "get_spec",
     "home",
+    "is_oos",
+    "list_oos",
     "list_corpora",
     "load_split",
     "names",
+    "oos_name",
     "oos_set",
+    "oos_names",
     "open_corpus",
     "split_profile_docs",
     "user_corpus",

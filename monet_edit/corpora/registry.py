@@ -180,6 +180,10 @@ def get_spec(name: str) -> CorpusSpec:
     for spec in _specs():
         if spec.name == key:
             return spec
+    if key.endswith("@oos"):  # out-of-source sets: evaluation only (corpora.oos_store)
+        from .oos_store import refusal
+
+        raise UsageError(refusal(key))
     all_names = [s.name for s in _specs()]
     close = difflib.get_close_matches(key, all_names + list(_ALIASES), n=3, cutoff=0.6)
     close = list(dict.fromkeys(_ALIASES.get(c, c) for c in close))

@@ -7,17 +7,22 @@ import hashlib
 from pathlib import Path
 
 from ..errors import UsageError
+from . import oos_store
+from .oos_registry import is_oos
 from .store import BuiltCorpus, build
 from .user import user_corpus
 
 HOLDOUT_EVERY = 5  # one profile-split document in five is held out, never profiled
 
 
-def open_corpus(name: str, *, user: bool | None = None) -> BuiltCorpus:
+def open_corpus(name: str, *, user: bool | None = None, for_eval: bool = False) -> BuiltCorpus:
     """A registered corpus (built if needed) or a user corpus at a path. `user` True or False
-    decides; None tries the registry first, then an existing path."""
+    decides; None tries the registry first, then an existing path. Out-of-source sets (NAME@oos)
+    open only `for_eval`; anywhere else (profiles, references, selection) they are refused."""
     if user:
         return user_corpus(name)
+    if is_oos(name) and for_eval:
+        return oos_store.build(name)
     try:
         return build(name)
     except UsageError:
@@ -39,8 +44,8 @@ def split_profile_docs(docs: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def oos_set(name: str) -> str | None:
-    """The out-of-source eval set of corpus `name`, when one is registered and installed."""
-    from . import registry
+    """The out-of-source eval set of corpus `name` when one is registered and installed here."""
+    from .oos_registry import availability, oos_name
 
-    find = getattr(registry, "oos_name", None)
-    return find(name) if find is not None else None
+    found = oos_name(name)
+    return found if found is not None and availability(found)[0] else None

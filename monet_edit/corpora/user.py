@@ -82,6 +82,11 @@ def user_corpus(path: str | Path) -> BuiltCorpus:
     p = Path(path).expanduser()
     if not p.exists():
         raise UsageError(f"corpus path {p} does not exist")
+    for part in (p.resolve(), *p.resolve().parents):  # a built OOS set read back as a user corpus
+        if part.parent == cache_dir().resolve() and part.name.endswith("@oos"):
+            from .oos_store import refusal
+
+            raise UsageError(refusal(part.name))
     if p.is_dir():
         try:
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in ALL_EXTS)

@@ -34,6 +34,30 @@ def _is_user_path(name: str) -> bool:
         return Path(name).expanduser().exists()
 
 
+def _oos_entry(spec, fingerprints=None, built=None) -> dict:
+    """The row of an out-of-source set: its target, availability and cache state."""
+    from ...corpora import oos_registry, oos_store
+
+    ok, detail = oos_registry.availability(spec.name)
+    if built is None:
+        built = oos_store.cached(spec.name, fingerprints)
+    kind = spec.corpus_spec()
+    return {
+        "name": spec.name,
+        "target": spec.target,
+        "kind": kind.kind,
+        "family": kind.family,
+        "source": spec.source,
+        "description": spec.description,
+        "available": ok,
+        "detail": detail,
+        "built": built is not None,
+        "fingerprint": built.fingerprint if built else None,
+        "counts": built.counts if built else None,
+        "chars": built.chars if built else None,
+    }
+
+
 def _entry(spec, ok: bool | None = None, detail: str = "", built=None) -> dict:
     """The registry row of a corpus (availability and cache looked up unless given)."""
     from ...corpora import availability, cached
@@ -67,7 +91,15 @@ def list_cmd(
 
     if kind is not None and kind not in KINDS:
         raise UsageError(f"unknown corpus kind {kind!r}; choose one of {', '.join(KINDS)}")
+    from ...corpora import list_oos, oos_store
+
     entries = [_entry(s) for s in list_corpora() if kind is None or s.kind == kind]
+    fingerprints = oos_store.embedded_fingerprints(build=False)
+    oos = {s.target: _oos_entry(s, fingerprints) for s in list_oos()}
+    for e in entries:  # each corpus names the set that evaluates it out of source
+        o = oos.get(e["name"])
+        e["oos"] = {k: o[k] for k in ("name", "available", "built")} if o else None
+    oos_rows = [oos[e["name"]] for e in entries if oos.get(e["name"])]
     if as_json:
         emit_json(entries)
         return
@@ -89,6 +121,18 @@ def list_cmd(
     con.print(table)
     n_ok = sum(e["available"] for e in entries)
     con.print(f"{n_ok}/{len(entries)} available; cache: {_cache_dir()}")
+    table = Table(title="out-of-source evaluation sets (eval only: never profiled, selected on or trained on)",
+                  title_justify="left")
+    for col in ("name", "target", "ok", "built"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("source / install", overflow="fold")
+    for o in oos_rows:
+        avail = "[green]yes[/]" if o["available"] else "[red]no[/]"
+        built = o["fingerprint"][:8] if o["built"] else "-"
+        table.add_row(o["name"], o["target"], avail, built, o["source"] if o["available"] else o["detail"])
+    con.print(table)
+    con.print(f"{sum(o['available'] for o in oos_rows)}/{len(oos_rows)} available; "
+              "`monet-edit corpora show NAME@oos` describes one")
     if any(e["kind"] == "toxicity" for e in entries):
         from ...corpora import WEAK_LABELS
 
@@ -112,7 +156,16 @@ def build_cmd(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output on stdout"),
 ) -> None:
     """Build corpora into the cache (idempotent: a valid cached build is reused)."""
-    from ...corpora import availability, build, list_corpora, user_corpus
+    from ...corpora import (
+        availability,
+        build,
+        is_oos,
+        list_corpora,
+        list_oos,
+        oos_registry,
+        oos_store,
+        user_corpus,
+    )
 
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -132,11 +185,24 @@ def build_cmd(
                 skipped.append({"name": spec.name, "reason": why})
                 if not as_json:
                     con.print(f"[yellow]skip[/] {spec.name}: {why}")
+        if source == "local":  # the out-of-source sets have no hub source
+            for oos in list_oos():
+                ok, why = oos_registry.availability(oos.name)
+                if ok:
+                    targets.append(oos.name)
+                else:
+                    skipped.append({"name": oos.name, "reason": why})
+                    if not as_json:
+                        con.print(f"[yellow]skip[/] {oos.name}: {why}")
     else:
         targets = [name]
     for target in targets:
         t0 = time.perf_counter()
-        if not all_ and _is_user_path(target):
+        if is_oos(target):
+            if source != "local":
+                raise UsageError(f"{target} is built from local sources only; drop --source {source}")
+            built = oos_store.build(target, force=force)
+        elif not all_ and _is_user_path(target):
             if source != "local":
                 raise UsageError("--source hub applies to registered corpora, not to a file or directory")
             built = user_corpus(target)
@@ -148,9 +214,9 @@ def build_cmd(
         results.append(d)
         if not as_json:
             c = built.counts
+            splits = ", ".join(f"{k} {v}" for k, v in c.items())
             con.print(
-                f"[green]built[/] {built.spec.name}: {sum(c.values())} docs "
-                f"(train {c['train']}, profile {c['profile']}, eval {c['eval']}), "
+                f"[green]built[/] {built.spec.name}: {sum(c.values())} docs ({splits}), "
                 f"{sum(built.chars.values()):,} chars, {built.fingerprint[:12]} in {seconds:.2f}s -> {built.dir}"
             )
     if as_json:
@@ -164,8 +230,11 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output on stdout"),
 ) -> None:
     """A corpus's spec, availability, fingerprint, split counts and a sample document."""
-    from ...corpora import WEAK_LABELS, availability, build, cached, get_spec, user_corpus
+    from ...corpora import WEAK_LABELS, availability, build, cached, get_spec, is_oos, user_corpus
 
+    if is_oos(name):
+        _show_oos(name, build_, as_json)
+        return
     if _is_user_path(name):
         built = user_corpus(name)
         spec = built.spec
@@ -208,6 +277,43 @@ def show_cmd(
         text = sample["text"]
         extra = f" label={sample['label']}" if "label" in sample else ""
         con.print(f"  sample ({escape(sample['id'])}{extra}):")
+        con.print(escape(text[:600] + (" ..." if len(text) > 600 else "")), markup=False, highlight=False)
+
+
+def _show_oos(name: str, build_: bool, as_json: bool) -> None:
+    from rich.markup import escape
+
+    from ...corpora import oos_registry, oos_store
+
+    spec = oos_registry.get_oos(name)
+    ok, _ = oos_registry.availability(spec.name)
+    built = oos_store.cached(spec.name)
+    if built is None and ok and build_:
+        built = oos_store.build(spec.name)
+    docs = built.load("eval") if built is not None else []
+    info = _oos_entry(spec, built=built)
+    info.update({"dir": str(built.dir) if built else None, "parts": built.meta["parts"] if built else None,
+                 "dropped_overlap": built.meta["dropped_overlap"] if built else None,
+                 "sample": docs[0] if docs else None})
+    if as_json:
+        emit_json(info)
+        return
+    con = err
+    con.print(f"[bold]{spec.name}[/] (out-of-source eval set for {spec.target}; eval only)")
+    con.print(f"  description: {escape(spec.description)}")
+    con.print(f"  available:   {'yes' if ok else 'no'} ({escape(info['detail'])})")
+    if built is None:
+        con.print(f"  built:       no (run `monet-edit corpora build {spec.name}`)")
+        return
+    con.print(f"  fingerprint: {built.fingerprint}")
+    con.print(f"  dir:         {built.dir}")
+    con.print(f"  eval         {built.counts['eval']:6d} docs {built.chars['eval']:>11,} chars "
+              f"({built.meta['dropped_overlap']} dropped: overlap with the embedded corpora)")
+    for key, part in built.meta["parts"].items():
+        con.print(f"    {key:12s} {part['chars']:>9,} chars  {escape(part['source'])}")
+    if docs:
+        text = docs[0]["text"]
+        con.print(f"  sample ({escape(docs[0]['id'])}):")
         con.print(escape(text[:600] + (" ..." if len(text) > 600 else "")), markup=False, highlight=False)
 
 

@@ -40,9 +40,11 @@ def _load(target, params, tokenizer, seq_len: int) -> tuple[dict, dict[str, str]
     data, fingerprints = {}, {}
     names = corpora_for(target)
     for name in [*names["in"], *names["oos"]]:
-        built = open_corpus(name, user=target.kind == "corpus" and name == target.name)
+        built = open_corpus(name, user=target.kind == "corpus" and name == target.name, for_eval=True)
         fingerprints[name] = built.fingerprint
         docs = built.load("eval")
+        if name.startswith("retain@"):  # the broad retain set without the target's own share
+            docs = [d for d in docs if d.get("target") != target.name]
         ids, owner = doc_stream(tokenizer, docs, params.tokens)
         batch = rows(ids, seq_len, f"{name} (eval split)")
         owners = torch.tensor(owner[: batch.numel()], dtype=torch.long).view_as(batch)

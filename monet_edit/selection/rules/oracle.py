@@ -40,8 +40,9 @@ def _sets(ctx: Context):
     def rows(docs, what):
         return scoring.rows(scoring.token_stream(tok, docs, TOKENS), ctx.seq_len, what)
 
-    return (target, rows(open_corpus(target).load("eval"), target),
-            rows(interleave([open_corpus(o).load("eval") for o in others]), "references' out-of-source sets"))
+    return (target, rows(open_corpus(target, for_eval=True).load("eval"), target),
+            rows(interleave([open_corpus(o, for_eval=True).load("eval") for o in others if not o.startswith("retain@")]),
+                 "references' out-of-source sets"))
 
 
 def _select(ctx: Context, min_rise: float, max_masked: float) -> Choice:
