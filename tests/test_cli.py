@@ -81,3 +81,13 @@ def test_bad_mask_and_options(tmp_path, tiny_ckpt):
     assert_clean_error(cli("generate", tiny_ckpt, "-p", "x", "--top-p", "2"), 2, "top-p")
     res = cli("generate", tiny_ckpt)  # missing --prompt: a usage error from the parser
     assert res.code == 2 and "Traceback" not in res.stderr
+
+
+def test_info_specialisation_json(tiny_ckpt):
+    res = cli("info", tiny_ckpt, "--specialisation", "--tokens", "200", "--seq-len", "32", "--json")
+    assert res.code == 0, res.stderr
+    spec = json.loads(res.stdout)["specialisation"]
+    assert {"law", "python", "de", "toxicity"} <= set(spec["per_corpus"]) and "general" not in spec["per_corpus"]
+    for v in spec["per_corpus"].values():
+        assert len(v["experts"]) == 2 and all(0 <= m <= 1 for m in v["routing_mass"])
+    assert spec["routing"]["tokens"] > 0 and len(spec["routing"]["dead_experts"]) == 2

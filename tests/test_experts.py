@@ -96,3 +96,31 @@ def test_experts_bad_input(tiny_ckpt, args, needle, capsys):
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_specialisation_counts_match_a_direct_computation(tiny_ckpt):
+    """Experts 2x more used by one corpus than by the other, their routing mass, dead experts and
+    distinct experts per token, against the per-token E*E expansion."""
+    from monet_edit.analysis import specialisation
+
+    model = load_model(tiny_ckpt)
+    gen = torch.Generator().manual_seed(0)
+    rows = {"a": torch.randint(0, 40, (3, 12), generator=gen), "b": torch.randint(40, 90, (3, 12), generator=gen)}
+    got = specialisation.measure(model, rows, batch_size=2)
+    G = {}
+    with torch.inference_mode():
+        for name, r in rows.items():
+            routing: list = []
+            model.model(r, routing=routing)
+            G[name] = torch.stack([torch.einsum("bthi,bthj->btij", a.double(), b.double()).reshape(-1, 8, 8)
+                                   for a, b in routing], 1)  # [tokens, groups, E, E]
+    mean = {n: g.mean(0) for n, g in G.items()}
+    for name, other in (("a", "b"), ("b", "a")):
+        special = (mean[name] >= 2 * mean[other]) & (mean[name] > 0)
+        assert got["per_corpus"][name]["experts"] == special.sum((1, 2)).tolist()
+        mass = (mean[name] * special).sum((1, 2)) / mean[name].sum((1, 2))
+        assert got["per_corpus"][name]["routing_mass"] == pytest.approx(mass.tolist(), abs=1e-4)
+    every = torch.cat(list(G.values()))
+    assert got["routing"]["dead_experts"] == ((every > 0).sum(0) == 0).sum((1, 2)).tolist()
+    distinct = (every > 0).sum((2, 3)).double().mean(0)
+    assert got["routing"]["distinct_experts_per_token"] == pytest.approx(distinct.tolist(), abs=0.01)

@@ -101,8 +101,10 @@ def test_train_writes_a_loadable_model_with_card(tmp_path):
     assert "engineering" in card and "unigram baseline" in card
     metrics = json.loads((out / "training.json").read_text())["metrics"]
     assert set(metrics["per_corpus"]) == {"engineering", "chemistry"}
-    for g in metrics["routing"]["fraction_experts_used_per_group"]:
+    spec = metrics["specialisation"]
+    for g in spec["routing"]["fraction_experts_used"]:
         assert 0 < g <= 1
+    assert set(spec["per_corpus"]) == {"engineering", "chemistry"} and "Specialisation" in card
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3, 4]
     # BatchNorm statistics were settled: not the initial (0, 1)

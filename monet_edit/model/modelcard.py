@@ -156,13 +156,21 @@ def trained(record: dict) -> str:
         *[f"| {n} | {v['loss']:.3f} | {v['unigram_loss']:.3f} | {v['accuracy']:.3f} |"
           for n, v in m["per_corpus"].items()],
         "",
-        "## Routing health",
+        "## Specialisation and routing health (eval splits)",
         "",
-        f"- fraction of the {m['routing']['experts_per_group']} experts used per routing group (on eval tokens): "
-        f"{m['routing']['fraction_experts_used_per_group']}",
-        f"- mean active experts per token (per group): {m['routing']['mean_active_experts_per_token']}",
+        *specialisation_lines(m),
         "",
         f"Made by monet-edit {record['provenance']['version']} (git {record['provenance']['git_revision']}).",
         "",
     ]
     return "\n".join(lines)
+
+
+def specialisation_lines(metrics: dict) -> list[str]:
+    """The specialisation table of a training record (older records: their routing summary)."""
+    from ..analysis.specialisation import lines
+
+    if "specialisation" in metrics:
+        return lines(metrics["specialisation"])
+    r = metrics.get("routing", {})
+    return [f"- mean active experts per token (per group): {r.get('mean_active_experts_per_token')}"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..analysis import specialisation
 from ..errors import UsageError
 from ..infra import atomic, locks, provenance, tomlconfig
 from ..infra.console import err
@@ -225,36 +226,26 @@ def unigram_logprobs(train: np.ndarray, vocab: int) -> np.ndarray:
 
 @torch.no_grad()
 def held_out_metrics(model, data: TrainData, seq_len: int, eval_tokens: int) -> dict[str, Any]:
-    """Held-out loss per corpus vs a unigram baseline of all training tokens, and routing health."""
+    """Held-out loss per corpus vs a unigram baseline of all training tokens; specialisation and
+    routing health on the same held-out tokens (analysis.specialisation)."""
     from ..model.scoring import loss_sums, rows
 
     model.eval()
     vocab = model.config.vocab_size
     unigram = unigram_logprobs(np.concatenate(data.train), vocab)  # once, not per corpus
     per_corpus: dict[str, dict] = {}
-    used: dict[int, torch.Tensor] = {}
-    active_pairs, active_tokens = 0.0, 0
+    held_out: dict[str, torch.Tensor] = {}
     for name, ev in zip(data.names, data.eval, strict=True):
         r = rows(ev[:eval_tokens].tolist(), seq_len, name)
         sums = loss_sums(model, r)
         per_corpus[name] = {"loss": round(sums.loss, 4), "accuracy": round(sums.accuracy, 4),
                             "unigram_loss": round(float(-unigram[ev[1:eval_tokens]].mean()), 4),
                             "tokens": sums.tokens}
-        routing: list = []
-        model.model(r[:2, :-1], routing=routing)
-        for g, (g1, g2) in enumerate(routing):
-            a1, a2 = (g1 > 0).flatten(0, 1).float(), (g2 > 0).flatten(0, 1).float()   # [T, H, E]
-            pairs = torch.einsum("thi,thj->tij", a1, a2) > 0                           # per-token E*E, small T
-            used[g] = used.get(g, torch.zeros_like(pairs[0])) | pairs.any(0)
-            active_pairs += float(pairs.sum())
-            active_tokens += pairs.shape[0]
-    E2 = model.config.num_experts
+        held_out[name] = r[:, :-1]
     return {
         "per_corpus": per_corpus,
         "mean_loss": round(float(np.mean([v["loss"] for v in per_corpus.values()])), 4),
-        "routing": {"fraction_experts_used_per_group": [round(float(u.float().sum()) / E2, 4) for u in used.values()],
-                    "mean_active_experts_per_token": round(active_pairs / max(1, active_tokens), 2),
-                    "experts_per_group": E2},
+        "specialisation": specialisation.measure(model, held_out),
     }
 
 
