@@ -31,9 +31,13 @@ def _serves(python: str) -> bool:
         return False
 
 
+def _here() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
 def vllm_python() -> str:
     """The interpreter to run vLLM with; MonetEditError (one line) when there is none."""
-    if importlib.util.find_spec("vllm") is not None:
+    if _here():
         return sys.executable
     chosen = os.environ.get(ENV)
     if chosen:

@@ -23,6 +23,7 @@ from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.utils import maybe_prefix
 from vllm.sequence import IntermediateTensors
 
 from ..model.config import MonetConfig
@@ -107,11 +108,15 @@ class MonetModel(nn.Module):
 
 
 class MonetForCausalLM(nn.Module):
+    # The weights only: a resected checkpoint also holds its mask file (edit-mask.safetensors),
+    # which vLLM's default "*.safetensors" would load as weights. The first pattern that matches wins.
+    allow_patterns_overrides = ["model.safetensors", "model-*-of-*.safetensors", "*.safetensors"]
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        self.model = MonetModel(vllm_config=vllm_config, prefix=f"{prefix}model" if not prefix else f"{prefix}.model")
+        self.model = MonetModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
         self.config = config = self.model.config
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix="lm_head")
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix=maybe_prefix(prefix, "lm_head"))
         if config.tie_word_embeddings:
             self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
         self.logits_processor = LogitsProcessor(config.vocab_size)
