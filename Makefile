@@ -12,7 +12,7 @@ VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install system test test-all demo bench lint clean
+.PHONY: install system test test-all demo bench bench-serving lint clean
 
 install: $(SYSSTAMP) $(STAMP) $(VLLM_STAMP)
 
@@ -52,6 +52,9 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+bench-serving: install
+	$(VLLM_BIN)/python bench/serving.py
 
 lint: install
 	$(BIN)/ruff check monet_edit tests bench
