@@ -5,7 +5,8 @@ environment deselects the `vllm` marker). Each engine start costs tens of second
 gets one engine (a module fixture that queries it once and shuts it down) and every test compares
 those answers with monet_edit's own greedy generation and log-probabilities:
 tiny, a resected (masked) tiny served over HTTP by `monet-edit serve`, a scaled tiny, and random
-HD (grouped-query attention) and VD (masked) checkpoints.
+HD (grouped-query attention) and VD (masked, sharded) checkpoints. The tensor-parallel expert
+layers are checked at sizes 1, 2 and 4 with ranks simulated as threads (no engine).
 
 Tolerances: vLLM and monet_edit compute in fp32 with different kernels (attention, norms, fused
 matmuls), so log-probs agree up to reassociation error, bounded here by 1000 fp32 epsilons times
@@ -216,9 +217,21 @@ def hd_dir(work) -> Path:
 
 @pytest.fixture(scope="module")
 def vd_dir(work) -> Path:
+    """Masked, and sharded as the published checkpoints are (model-0000N-of-00002 + index)."""
+    from safetensors.torch import load_file, save_file
+
     gen = torch.Generator().manual_seed(6)
     masks = {g: torch.rand(8, 8, generator=gen) < 0.2 for g in range(2)}
-    return write_tiny_checkpoint(work / "vd", "vertical", seed=6, masks=masks, **RANDOM)
+    out = write_tiny_checkpoint(work / "vd", "vertical", seed=6, masks=masks, **RANDOM)
+    tensors = load_file(str(out / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {f"model-0000{k + 1}-of-00002.safetensors": names[k::2] for k in range(2)}
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, str(out / file), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {n: f for f, part in shards.items() for n in part}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    (out / "model.safetensors").unlink()
+    return out
 
 
 def random_prompts(model_dir: Path) -> list[list[int]]:
