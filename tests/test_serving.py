@@ -15,7 +15,7 @@ from clirun import Result, assert_clean_error, cli
 from safetensors.torch import load_file, save_file
 
 from monet_edit import kernels
-from monet_edit.errors import MonetEditError
+from monet_edit.errors import MonetEditError, UsageError
 from monet_edit.serving import edits, launch
 
 
@@ -133,7 +133,16 @@ def test_serve_refuses_a_bad_scale_tensor_in_one_line(scaled_ckpt):
 def test_serve_refuses_a_checkpoint_that_is_not_monet(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
     assert_clean_error(cli("serve", tmp_path), 2, "model_type is 'llama'")
-    assert_clean_error(cli("serve", tmp_path / "missing"), 2, "no such directory")
+
+
+def test_tensor_parallel_size_must_split_experts_and_heads(tiny_ckpt):
+    assert launch.tensor_parallel_size(["--dtype", "float32"]) == 1
+    assert launch.tensor_parallel_size(["-tp", "2"]) == launch.tensor_parallel_size(["--tensor-parallel-size=2"]) == 2
+    with pytest.raises(UsageError, match="positive integer"):
+        launch.tensor_parallel_size(["-tp", "two"])
+    launch.check_checkpoint(tiny_ckpt, tp=4)  # 8 experts, 4 heads
+    with pytest.raises(UsageError, match="tensor parallel size 3 must divide moe_experts"):
+        launch.check_checkpoint(tiny_ckpt, tp=3)
 
 
 NO_VLLM = ("import sys, monet_edit.serving.launch as launch\n"

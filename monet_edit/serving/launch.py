@@ -3,7 +3,7 @@
 vLLM pins its own torch, transformers and numpy, so `make install` gives it an environment of its
 own (.venv-vllm beside .venv). The interpreter that runs the server is, in this order: the current
 one when it has vLLM, $MONET_EDIT_VLLM_PYTHON, or .venv-vllm/bin/python of the source tree this
-package was installed from (an editable install). None of this imports vLLM or torch.
+package was installed from (an editable install). Nothing here imports vLLM.
 """
 
 from __future__ import annotations
@@ -52,14 +52,29 @@ def vllm_python() -> str:
                          f"{ENV} to a Python that has vllm and monet-edit")
 
 
-def check_checkpoint(directory: Path) -> dict[str, int]:
-    """A Monet checkpoint vLLM can load (config, tensor names and shapes, edits); UsageError if not.
+def tensor_parallel_size(extra: list[str]) -> int:
+    """The --tensor-parallel-size / -tp among the flags passed through to vLLM (1 when absent)."""
+    size = "1"
+    for k, arg in enumerate(extra):
+        if arg in ("--tensor-parallel-size", "-tp") and k + 1 < len(extra):
+            size = extra[k + 1]
+        elif arg.startswith(("--tensor-parallel-size=", "-tp=")):
+            size = arg.split("=", 1)[1]
+    if not size.isdigit() or int(size) < 1:
+        raise UsageError(f"--tensor-parallel-size must be a positive integer, got {size!r}")
+    return int(size)
 
-    Returns the edited experts: {"masked": n, "scaled": n} over all groups.
+
+def check_checkpoint(directory: Path, tp: int = 1) -> dict[str, int]:
+    """A Monet checkpoint vLLM can load (config, tensor names and shapes, edits) and split over `tp`
+    ranks; UsageError if not. Returns the edited experts: {"masked": n, "scaled": n} over all groups.
     """
     from ..model import checkpoint
 
     config = checkpoint.load_config(directory)
+    if config.moe_experts % tp or config.num_attention_heads % tp:
+        raise UsageError(f"{directory}: tensor parallel size {tp} must divide moe_experts ({config.moe_experts}) "
+                         f"and num_attention_heads ({config.num_attention_heads})")
     infos = checkpoint.read_headers(directory)
     edit_infos = {k: v for k, v in infos.items() if EDIT_KEY.match(k)}
     checkpoint.check_tensors(config, {k: v for k, v in infos.items() if k not in edit_infos}, directory)

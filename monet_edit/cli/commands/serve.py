@@ -26,7 +26,7 @@ def serve(
     from ...serving import launch
 
     directory = checkpoint.resolve(model)
-    edits = launch.check_checkpoint(directory)
+    edits = launch.check_checkpoint(directory, launch.tensor_parallel_size(list(ctx.args)))
     python = launch.vllm_python()
     argv = launch.server_argv(python, directory, model, host, port, list(ctx.args))
     edited = (f"{edits['masked']} masked and {edits['scaled']} scaled experts"
