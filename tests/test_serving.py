@@ -5,10 +5,6 @@ The vLLM model itself is tested against monet_edit in tests/test_vllm.py (vLLM's
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from clirun import Result, assert_clean_error, cli
@@ -123,16 +119,27 @@ def test_check_checkpoint_counts_edits(scaled_ckpt, tiny_ckpt):
     assert launch.check_checkpoint(tiny_ckpt) == {"masked": 0, "scaled": 0}
 
 
-def test_serve_refuses_a_bad_scale_tensor_in_one_line(scaled_ckpt):
+def serve(capsys, *args) -> Result:
+    """`monet-edit serve ARGS` through the CLI's entry point, in this process (no vLLM is reached:
+    each case fails before the server would start)."""
+    from monet_edit.cli import main
+
+    code = main(["serve", *map(str, args)])
+    out = capsys.readouterr()
+    return Result(code, out.out, out.err)
+
+
+def test_serve_refuses_a_bad_scale_tensor_in_one_line(scaled_ckpt, capsys):
     tensors = load_file(str(scaled_ckpt / "model.safetensors"))
     tensors["model.layers.2.router.expert_scale"][0, 0] = -2.0
     save_file(tensors, str(scaled_ckpt / "model.safetensors"))
-    assert_clean_error(cli("serve", scaled_ckpt), 2, "expert_scale", "negative")
+    assert_clean_error(serve(capsys, scaled_ckpt), 2, "expert_scale", "negative")
 
 
-def test_serve_refuses_a_checkpoint_that_is_not_monet(tmp_path):
+def test_serve_refuses_a_checkpoint_that_is_not_monet(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
-    assert_clean_error(cli("serve", tmp_path), 2, "model_type is 'llama'")
+    assert_clean_error(serve(capsys, tmp_path), 2, "model_type is 'llama'")
+    assert_clean_error(serve(capsys, tmp_path, "-tp", "x"), 2, "--tensor-parallel-size must be a positive integer")
 
 
 def test_tensor_parallel_size_must_split_experts_and_heads(tiny_ckpt):
@@ -145,18 +152,10 @@ def test_tensor_parallel_size_must_split_experts_and_heads(tiny_ckpt):
         launch.check_checkpoint(tiny_ckpt, tp=3)
 
 
-NO_VLLM = ("import sys, monet_edit.serving.launch as launch\n"
-           "launch._here = lambda: False  # as in an environment without vLLM\n"
-           "from monet_edit.cli import main\n"
-           "sys.exit(main(sys.argv[1:]))")
-
-
-def test_serve_without_vllm_is_one_line(tiny_ckpt, tmp_path):
-    env = {launch.ENV: str(tmp_path / "no-python")}
-    proc = subprocess.run([sys.executable, "-c", NO_VLLM, "serve", str(tiny_ckpt)], capture_output=True,
-                          text=True, env={**os.environ, **env, "COLUMNS": "200"}, timeout=120)
-    assert_clean_error(Result(proc.returncode, proc.stdout, proc.stderr), 1, launch.ENV,
-                       "cannot import both vllm and monet_edit")
+def test_serve_without_vllm_is_one_line(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(launch, "_here", lambda: False)  # as in an environment without vLLM
+    monkeypatch.setenv(launch.ENV, str(tmp_path / "no-python"))
+    assert_clean_error(serve(capsys, tiny_ckpt), 1, launch.ENV, "cannot import both vllm and monet_edit")
 
 
 def test_vllm_python_explains_how_to_install(monkeypatch):
