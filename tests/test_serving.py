@@ -173,6 +173,8 @@ def test_server_argv_passes_extra_flags_through(tiny_ckpt):
                         "--served-model-name", "tiny", "--dtype", "float32", "-tp", "2"]
     named = launch.server_argv("/py", tiny_ckpt, "tiny", "::1", 1, ["--served-model-name=law"])
     assert named.count("--served-model-name=law") == 1 and "--served-model-name" not in named
+    with pytest.raises(UsageError, match="MODEL argument"):
+        launch.server_argv("/py", tiny_ckpt, "tiny", "::1", 1, ["--model", "other"])
 
 
 def test_serve_help_lists_pass_through():

