@@ -65,10 +65,13 @@ def write_tokenizer(path: Path, vocab_size: int = 300) -> int:
 
 
 def write_tiny_checkpoint(path: Path, decompose: str = "horizontal", seed: int = 0,
-                          masks: dict | None = None) -> Path:
-    """A complete random checkpoint directory (config, weights, tokenizer), as a user would have."""
+                          masks: dict | None = None, **overrides) -> Path:
+    """A complete random checkpoint directory (config, weights, tokenizer), as a user would have;
+    `overrides` change tiny_config fields."""
     vocab = write_tokenizer(path)
-    model = random_model(tiny_config(decompose, vocab_size=vocab, bos_token_id=1, eos_token_id=2), seed)
+    fields = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2)
+    fields.update(overrides)
+    model = random_model(tiny_config(decompose, **fields), seed)
     write_checkpoint(model, path)
     if masks:
         from safetensors.torch import load_file, save_file
