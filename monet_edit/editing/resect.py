@@ -3,9 +3,11 @@
 Output directory (written atomically, never over the base):
 - model.safetensors: every base tensor copied as raw bytes (no torch round trip, no re-cast,
   shards merged into one file) plus `model.layers.{g*moe_groups}.router.expert_mask` (bool [E, E])
-  for each routing group with at least one masked expert; groups without one carry no mask tensor.
-- edit-mask.safetensors: the same masks as a mask file (monet_edit.masks format) with the
-  selection's metadata, so `load_model(base, mask=...)` reproduces this checkpoint.
+  for each routing group with at least one masked expert, or, for a graded intervention (--scale),
+  `...router.expert_scale` (float32 [E, E], 1 = unchanged) for each group with a scaled expert.
+- edit-mask.safetensors: the selected experts as a mask file (monet_edit.masks format) with the
+  selection's metadata and the intervention; for a mask, `load_model(base, mask=...)` reproduces
+  this checkpoint.
 - config.json: the base config verbatim plus a `monet_edit` edit record (base, rule, params,
   counts, fraction, command, provenance; a base's own record is kept under `previous`).
 - the Python files that let `transformers` load the directory (monet_edit.remote_code; config.json
@@ -37,9 +39,21 @@ def check_output(out: Path, base: Path, force: bool) -> None:
     atomic.check_new_dir(out, force)
 
 
+def check_scale(scale: float) -> float:
+    """The intervention strength: 0 masks, (0, 1) attenuates, > 1 amplifies; 1 would change nothing."""
+    import math
+
+    if not math.isfinite(scale) or scale < 0:
+        raise UsageError(f"--scale must be a finite number >= 0 (0 masks), got {scale}")
+    if scale == 1:
+        raise UsageError("--scale 1 changes nothing (0 masks, below 1 attenuates, above 1 amplifies)")
+    return float(scale)
+
+
 def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False, command: str,
-           mask_meta: dict, eval_summary: dict | None = None) -> Path:
-    """Write the base checkpoint with `masks` ({group: bool [E, E]}) applied as a new directory."""
+           mask_meta: dict, eval_summary: dict | None = None, scale: float = 0.0) -> Path:
+    """Write the base checkpoint with the selected experts (`masks`, {group: bool [E, E]}) masked,
+    or with `scale` > 0, scaled by it (stored as per-expert scales), as a new directory."""
     import torch
 
     base = checkpoint.of(base_source)
@@ -56,14 +70,27 @@ def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False
             f"mask was made for another model (fingerprint {str(made_for)[:12]}, "
             f"{base.dir} is {fingerprint[:12]})"
         )
-    combined = masks_mod.combine(base.stored_masks, masks)
-    weight_infos = {n: i for n, i in infos.items() if not checkpoint.MASK_KEY.match(n)}
+    scale = check_scale(scale) if scale else 0.0
+    combined = masks_mod.combine(base.stored_masks, masks) if scale == 0 else dict(base.stored_masks)
+    scales = dict(base.stored_scales)
+    if scale:
+        E = config.moe_experts
+        for g, m in masks.items():
+            current = scales.get(g, torch.ones(E, E))
+            scales[g] = torch.where(m, current * scale, current)
+    weight_infos = {n: i for n, i in infos.items() if not checkpoint.EDIT_KEY.match(n)}
     E = config.moe_experts
     extra = {
         checkpoint.mask_key(config, g): ("BOOL", [E, E], m.to(torch.uint8).numpy().tobytes())
         for g, m in sorted(combined.items())
         if bool(m.any())
     }
+    extra.update({
+        checkpoint.scale_key(config, g): ("F32", [E, E], s.float().contiguous().numpy().tobytes())
+        for g, s in sorted(scales.items())
+        if bool((s != 1).any())
+    })
+    scaled = masks_mod.counts({g: s != 1 for g, s in scales.items()}, config)
     raw_config = json.loads((base.dir / "config.json").read_text(encoding="utf-8"))
     counts = masks_mod.counts(combined, config)
     total = config.num_experts * config.num_groups
@@ -79,9 +106,12 @@ def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False
         "masked": sum(counts),
         "total_experts": total,
         "fraction": sum(counts) / total,
+        "intervention": {"kind": "scale", "scale": scale} if scale else {"kind": "mask"},
+        "scaled": scaled,
         "mask_file": MASK_FILE,
         "mask_storage": "bool [E, E] per routing group with at least one masked expert, under "
-        "model.layers.{group*moe_groups}.router.expert_mask",
+        "model.layers.{group*moe_groups}.router.expert_mask; per-expert scales (float32 [E, E], 1 = "
+        "unchanged) under model.layers.{group*moe_groups}.router.expert_scale",
         "command": command,
         "eval": eval_summary,
         "provenance": provenance.record(),
@@ -92,8 +122,10 @@ def resect(base_source, masks: dict, out_dir: str | Path, *, force: bool = False
     base_meta = checkpoint.file_metadata(checkpoint.weight_files(base.dir)[0])
     base_meta.pop(RECORD_KEY, None)
 
-    def write_mask(path: Path) -> None:
-        masks_mod.save(path, combined, config, dict(mask_meta, model_fingerprint=fingerprint))
+    def write_mask(path: Path) -> None:  # the selection itself (with its intervention) as a mask file
+        selected = combined if scale == 0 else masks_mod.normalise(masks, config)
+        masks_mod.save(path, selected, config, dict(mask_meta, model_fingerprint=fingerprint,
+                                                    intervention=record["intervention"]))
 
     return writer.write_checkpoint(
         out, config=raw_config, force=force,

@@ -22,6 +22,8 @@ from .config import MonetConfig
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 MASK_KEY = re.compile(r"^model\.layers\.(\d+)\.router\.expert_mask$")
+SCALE_KEY = re.compile(r"^model\.layers\.(\d+)\.router\.expert_scale$")
+EDIT_KEY = re.compile(r"^model\.layers\.(\d+)\.router\.expert_(mask|scale)$")  # what an edit adds
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 PACKAGED = ("tiny",)
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -32,6 +34,10 @@ HUB_FILES = ["config.json", "*.safetensors", INDEX, "tokenizer.json", "tokenizer
 
 def mask_key(config: MonetConfig, group: int) -> str:
     return f"model.layers.{group * config.moe_groups}.router.expert_mask"
+
+
+def scale_key(config: MonetConfig, group: int) -> str:
+    return f"model.layers.{group * config.moe_groups}.router.expert_scale"
 
 
 def packaged_dir(name: str) -> Path:
@@ -173,14 +179,16 @@ def check_tensors(config: MonetConfig, infos: dict[str, TensorInfo], where: Path
         infos = {k: v for k, v in infos.items() if k != "lm_head.weight"}
     E = config.moe_experts
     for name, info in infos.items():
-        if (m := MASK_KEY.match(name)) is not None:
-            layer = int(m.group(1))
+        if (m := EDIT_KEY.match(name)) is not None:
+            layer, what = int(m.group(1)), m.group(2)
             if layer % config.moe_groups or layer >= config.num_hidden_layers:
-                raise UsageError(f"{where}: mask tensor {name} is not on a routing layer")
+                raise UsageError(f"{where}: {what} tensor {name} is not on a routing layer")
             if info.shape != (E, E):
-                raise UsageError(f"{where}: mask tensor {name} has shape {list(info.shape)}, "
+                raise UsageError(f"{where}: {what} tensor {name} has shape {list(info.shape)}, "
                                  f"expected [{E}, {E}]")
-    names = {k for k in infos if not MASK_KEY.match(k)}
+            if what == "scale" and info.dtype not in ("F32", "F64", "BF16", "F16"):
+                raise UsageError(f"{where}: scale tensor {name} has dtype {info.dtype}, expected a float")
+    names = {k for k in infos if not EDIT_KEY.match(k)}
     missing = sorted(set(expected) - names)
     unexpected = sorted(names - set(expected))
     if missing:
@@ -219,6 +227,20 @@ def stored_masks(infos: dict[str, TensorInfo], config: MonetConfig) -> dict[int,
     found = {n: i for n, i in infos.items() if MASK_KEY.match(n)}
     return {int(MASK_KEY.match(n).group(1)) // config.moe_groups: t.bool()
             for n, t in (read_tensors(found) if found else {}).items()}
+
+
+def stored_scales(infos: dict[str, TensorInfo], config: MonetConfig) -> dict[int, Any]:
+    """{group: float32 [E, E]} of the per-expert scales a checkpoint carries (finite, >= 0)."""
+    import torch
+
+    found = {n: i for n, i in infos.items() if SCALE_KEY.match(n)}
+    out = {}
+    for n, t in (read_tensors(found) if found else {}).items():
+        t = t.float()
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise UsageError(f"{infos[n].file}: scale tensor {n} holds negative or non-finite values")
+        out[int(SCALE_KEY.match(n).group(1)) // config.moe_groups] = t
+    return out
 
 
 def read_tagged(path: str | Path, key: str, what: str) -> tuple[dict[str, Any], Any]:
@@ -276,10 +298,9 @@ def load_config(directory: Path) -> MonetConfig:
 
 
 def model_fingerprint(directory: Path) -> str:
-    """sha256 over every weight tensor except masks (name, dtype, shape, bytes; sorted by name).
-
-    A resected checkpoint therefore has the fingerprint of its base: masks and profiles made for a
-    model stay valid for its edits. Raw bytes are read from the file, no torch needed.
+    """sha256 over every weight tensor except edits (masks, scales; name, dtype, shape, bytes;
+    sorted by name). A resected checkpoint therefore has the fingerprint of its base: masks and
+    profiles made for a model stay valid for its edits. Raw bytes are read from the file, no torch needed.
     """
     import hashlib
 
@@ -290,7 +311,7 @@ def model_fingerprint(directory: Path) -> str:
     try:
         for name in sorted(infos):
             info = infos[name]
-            if MASK_KEY.match(name):
+            if EDIT_KEY.match(name):
                 continue
             h.update(f"{name}|{info.dtype}|{list(info.shape)}|".encode())
             for block in tensor_bytes(handles[info.file], info):
@@ -331,6 +352,10 @@ class Checkpoint:
     @cached_property
     def stored_masks(self) -> dict[int, Any]:
         return stored_masks(self.infos, self.config)
+
+    @cached_property
+    def stored_scales(self) -> dict[int, Any]:
+        return stored_scales(self.infos, self.config)
 
     @property
     def masked(self) -> int:

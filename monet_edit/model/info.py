@@ -18,7 +18,7 @@ def describe(source: str | Path | checkpoint.Checkpoint) -> dict[str, Any]:
     cfg, infos = ckpt.config, ckpt.infos
     checkpoint.check_tensors(cfg, infos, ckpt.dir)
     params = sum(prod(i.shape) for n, i in infos.items()
-                 if not checkpoint.MASK_KEY.match(n) and ".router.norm" not in n)
+                 if not checkpoint.EDIT_KEY.match(n) and ".router.norm" not in n)
     dtypes = sorted({i.dtype for n, i in infos.items() if i.dtype not in ("BOOL", "I64")})
     masked = [0] * cfg.num_groups
     for group, mask in ckpt.stored_masks.items():

@@ -46,7 +46,8 @@ def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None,
     source: a checkpoint directory, a packaged model name ('tiny') or a Hub id (downloaded into
     the Hugging Face cache; fails with one line when offline). dtype: default float32 on CPU and
     the stored dtype on CUDA. mask: a mask file path or {group: bool [E, E]}; it is combined
-    (logical or) with any masks the checkpoint already carries.
+    (logical or) with any masks the checkpoint already carries. Per-expert scales stored in the
+    checkpoint are applied too (a masked expert stays masked).
     """
     import torch
 
@@ -58,11 +59,7 @@ def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None,
     infos = ckpt.infos
     checkpoint.check_tensors(config, infos, ckpt.dir)
     extra = _mask_argument(mask, config)
-    tensors = checkpoint.read_tensors(infos)
-    stored = {}
-    for name in list(tensors):
-        if (m := checkpoint.MASK_KEY.match(name)) is not None:
-            stored[int(m.group(1)) // config.moe_groups] = tensors.pop(name).bool()
+    tensors = checkpoint.read_tensors({n: i for n, i in infos.items() if not checkpoint.EDIT_KEY.match(n)})
     target = parse_dtype(dtype)
     if target is None:
         floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
@@ -80,7 +77,8 @@ def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None,
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
     model.to(dev)
-    model.set_masks(masks_mod.combine(stored, extra))
+    model.set_masks(masks_mod.combine(ckpt.stored_masks, extra))
+    model.set_scales(ckpt.stored_scales)
     model.checkpoint = ckpt
     return model.eval()
 

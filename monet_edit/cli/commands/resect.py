@@ -28,6 +28,9 @@ def resect(
     profiles_dir: str = opt.PROFILES_DIR,
     out: str = typer.Option(None, "--out", help="Output checkpoint directory (default ./resected-TARGET)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    scale: float = typer.Option(0.0, "--scale", help="Graded intervention: multiply the selected experts' "
+                                "routing weights by SCALE instead of masking them (0 = mask, (0, 1) "
+                                "attenuates, > 1 amplifies)."),
     json_out: bool = opt.JSON_OUT,
     rule_params: dict = None,
 ) -> None:
@@ -58,13 +61,16 @@ def resect(
         label, rule = target.label, target.check_rule(rule)
     path = Path(out or f"resected-{Path(label).stem}")
     resect_mod.check_output(path, base.dir, force)
+    if scale:
+        resect_mod.check_scale(scale)  # before any profiling
     if not mask:
         sel = selection.select(base, target, rule, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
                                profiles_dir=profiles_dir, **rule_params)
         masks, meta = sel.masks, sel.meta(config)
     counts = masks_mod.counts(masks, config)
     opt.warn_if_empty(sum(counts), meta.get("rule", "given mask"), meta.get("params", {}))
-    written = resect_mod.resect(base, masks, path, force=force, command=opt.command_line(), mask_meta=meta)
+    written = resect_mod.resect(base, masks, path, force=force, command=opt.command_line(), mask_meta=meta,
+                                scale=scale)
     record = checkpoint.of(written).edit_record
     if json_out:
         emit_json(
