@@ -79,9 +79,11 @@ def _expert(x, sd, pre, cfg, i, j):
     return torch.cat((top, bottom))
 
 
-def naive_logits(sd: dict, cfg: dict, ids: list[int], masks: dict | None = None) -> torch.Tensor:
-    """Logits [T, V] for one sequence; masks: {group: bool [E, E]} (True = masked)."""
-    masks = masks or {}
+def naive_logits(sd: dict, cfg: dict, ids: list[int], masks: dict | None = None,
+                 scales: dict | None = None) -> torch.Tensor:
+    """Logits [T, V] for one sequence; masks: {group: bool [E, E]} (True = masked); scales:
+    {group: float [E, E]}, expert (i, j) weighted a_ij G_ij (a masked expert stays masked)."""
+    masks, scales = masks or {}, scales or {}
     sd = {k: v.double() for k, v in sd.items()}
     E, H, k, G = cfg["moe_experts"], cfg["moe_heads"], cfg["moe_topk"], cfg["moe_groups"]
     eps = cfg["rms_norm_eps"]
@@ -97,6 +99,7 @@ def naive_logits(sd: dict, cfg: dict, ids: list[int], masks: dict | None = None)
             g2s = [_router_side(t, sd[r + "w2.weight"], sd[r + "norm2.running_mean"],
                                 sd[r + "norm2.running_var"], H, E, k) for t in u]
             mask = masks.get(L // G)
+            scale = scales.get(L // G)
         out = torch.zeros_like(x)
         for t in range(x.shape[0]):
             Gt = torch.einsum("hi,hj->ij", g1s[t], g2s[t])  # every composite weight
@@ -104,7 +107,8 @@ def naive_logits(sd: dict, cfg: dict, ids: list[int], masks: dict | None = None)
                 for j in range(E):
                     if Gt[i, j] == 0 or (mask is not None and mask[i, j]):
                         continue
-                    out[t] += Gt[i, j] * _expert(u[t], sd, p + "moe.", cfg, i, j)
+                    a = 1.0 if scale is None else float(scale[i, j])
+                    out[t] += a * Gt[i, j] * _expert(u[t], sd, p + "moe.", cfg, i, j)
         x = x + out
     x = _rms(x, sd["model.norm.weight"], eps)
     return x @ sd["lm_head.weight"].T

@@ -252,7 +252,7 @@ def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs
         return None
     if chosen == "routed":
         return routed.plan(g1, g2, pairs)
-    if not g1.is_cuda:
+    if not accelerated(g1):
         return routed.expert_plan(g1, g2, pairs, width, hidden, grad)
     if not use_triton(g1) or any(VERDICTS.get(k) is False for k in VERDICTS if k[0].startswith("routed.")):
         return None  # the torch grouped GEMMs loop over sub-experts in Python: far slower than cuBLAS
