@@ -34,7 +34,7 @@ demo: install
 	bash scripts/demo.sh
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench
 
 lint: install
 	$(BIN)/ruff check monet_edit tests bench

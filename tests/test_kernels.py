@@ -225,7 +225,7 @@ def test_importing_kernels_does_not_import_triton():
 @pytest.mark.parametrize("masked", [False, True])
 def test_gpu_parity_at_real_width(decompose, masked):
     """1.4B widths (E=512, H=8, m=16) in bf16 on CUDA."""
-    from monet_edit.kernels import triton_mix, triton_route, triton_routed
+    from monet_edit.kernels import triton_mix, triton_route
 
     N, H, E, M = 257, 8, 512, 16 if decompose == "horizontal" else 8
     z = torch.randn(N, H, E, device="cuda") * 3
