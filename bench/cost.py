@@ -43,7 +43,8 @@ def _case(label, fields, decompose, settled, thread_counts, repeats, tokens) -> 
     moe = model.model.layers[0].moe
     layer = routed.hd_routed if decompose == "horizontal" else routed.vd_routed
     pairs = routed.active_counts(g1, g2)
-    chosen = "routed" if routed.choose(g1.shape[0], *pairs, cfg.moe_experts, cfg.moe_dim, cfg.hidden_size) else "dense"
+    chosen = "routed" if routed.choose(g1.shape[0], *pairs, cfg.moe_experts, cfg.moe_dim, cfg.hidden_size,
+                                       decompose) else "dense"
     fns = {"dense": lambda: _dense(moe, x, g1, g2), "routed": lambda: layer(moe, x, routed.plan(g1, g2))}
     for count in thread_counts:
         with common.threads(count), torch.no_grad():

@@ -245,7 +245,7 @@ def vd_routed(experts: torch.nn.Module, x: torch.Tensor, plan: routed.Plan) -> t
 
 
 def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs | None, width: int,
-                hidden: int, grad: bool) -> routed.Plan | None:
+                hidden: int, grad: bool, decompose: str = "horizontal") -> routed.Plan | None:
     """routed.expert_plan, with MONET_EDIT_KERNELS's path forced and the Triton cost model on CUDA."""
     chosen = expert_mode()
     if grad or g1.shape[0] == 0 or chosen == "dense":
@@ -253,10 +253,10 @@ def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs
     if chosen == "routed":
         return routed.plan(g1, g2, pairs)
     if not accelerated(g1):
-        return routed.expert_plan(g1, g2, pairs, width, hidden, grad)
+        return routed.expert_plan(g1, g2, pairs, width, hidden, grad, decompose)
     if not use_triton(g1) or any(VERDICTS.get(k) is False for k in VERDICTS if k[0].startswith("routed.")):
         return None  # the torch grouped GEMMs loop over sub-experts in Python: far slower than cuBLAS
     counts = routed.active_counts(g1, g2)
-    if not routed.choose(g1.shape[0], *counts, g1.shape[-1], width, hidden, routed.CUDA_TRITON):
+    if not routed.choose(g1.shape[0], *counts, g1.shape[-1], width, hidden, decompose, routed.CUDA_TRITON):
         return None
     return routed.plan(g1, g2, pairs)

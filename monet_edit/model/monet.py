@@ -251,8 +251,9 @@ class MonetModel(nn.Module):
             pairs = kernels.masked_pairs(g1, g2, router.expert_mask, router.expert_scale)
         plan = None
         if u.shape[0] > kernels.sparse_tokens():
-            plan = kernels.expert_plan(g1, g2, pairs, self.config.moe_dim, self.config.hidden_size,
-                                       grad=u.requires_grad)
+            cfg = self.config
+            plan = kernels.expert_plan(g1, g2, pairs, cfg.moe_dim, cfg.hidden_size, grad=u.requires_grad,
+                                       decompose=cfg.moe_decompose)
         return pairs, plan
 
 

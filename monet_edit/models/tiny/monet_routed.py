@@ -17,6 +17,9 @@ routing group, whether this path beats the dense one.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -43,11 +46,12 @@ class Plan(NamedTuple):
 
 
 def side(g: torch.Tensor) -> Side:
-    """The pairs (n, e) with g[n, h, e] > 0 for some head h. g: [N, H, E]."""
-    experts = g.shape[-1]
-    e, n = (g > 0).any(1).T.nonzero(as_tuple=True)
-    counts = torch.bincount(e, minlength=experts).tolist()
-    return Side(n, e, g.transpose(1, 2)[n, e], counts)
+    """The pairs (n, e) with g[n, h, e] > 0 for some head h. g: [N, H, E] (non-negative)."""
+    N, H, E = g.shape
+    e, n = (g.sum(1) > 0).T.nonzero(as_tuple=True)
+    counts = torch.bincount(e, minlength=E).tolist()
+    gate = g.transpose(1, 2).reshape(N * E, H).index_select(0, n * E + e)  # one copy, then a row gather
+    return Side(n, e, gate, counts)
 
 
 def _pair_index(s: Side, tokens: int, experts: int) -> torch.Tensor:
@@ -71,42 +75,45 @@ def plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs | None
 # ---- cost model --------------------------------------------------------------------------
 
 class Cost(NamedTuple):
-    """Relative costs of the two paths on one kind of device, in dense-GEMM multiply-adds.
+    """Relative costs of the routed path on one kind of device, in dense-GEMM multiply-adds.
 
-    small_gemm: cost of a multiply-add in a per-sub-expert GEMM (narrow, width m) relative to the
-    large dense GEMM's; per_expert: fixed cost of each non-empty sub-expert GEMM (dispatch, gather,
-    scatter set-up), per pair-row: moving one hidden vector in or out (gather / scatter-add).
+    small_gemm: a multiply-add of a per-sub-expert GEMM (narrow: width m or m/2) against one of
+    the large dense GEMM; per_element: one element of a hidden row gathered (x) or scatter-added
+    (y) for a pair; per_call: the fixed cost of one per-sub-expert GEMM.
     """
 
     small_gemm: float
-    per_expert: float
-    per_row: float
+    per_element: float
+    per_call: float
 
 
-# Measured with `python -m bench cost` on 2 AVX2 cores: narrow GEMMs run at about 0.6x the dense
-# GEMM's rate, each sub-expert costs about 25 us (~1M multiply-adds at 40 GFLOP/s), and a gathered
-# or scattered row costs about as much as 2 multiply-adds per element.
-CPU = Cost(small_gemm=1.7, per_expert=1.0e6, per_row=2.0)
+# Fitted to single-thread CPU times of one expert layer (bench/cost.py; 2 AVX2 cores shared with
+# other work): narrow GEMMs at about 0.4x the dense GEMM's rate, and a gathered or scattered element
+# costing about 16 dense multiply-adds (the rows come from L3 or memory, the GEMM's from cache).
+CPU = Cost(small_gemm=2.5, per_element=16.0, per_call=2.0e5)
 # Not measured yet (no GPU has run the Triton kernels): narrow tl.dot tiles at a quarter of cuBLAS's
 # rate, and the down side's fp32 atomics (one per pair and output element) at 16 multiply-adds each.
-CUDA_TRITON = Cost(small_gemm=4.0, per_expert=0.0, per_row=16.0)
+CUDA_TRITON = Cost(small_gemm=4.0, per_element=16.0, per_call=0.0)
 
 
 def choose(tokens: int, pairs1: int, pairs2: int, experts: int, width: int, hidden: int,
-           cost: Cost = CPU) -> bool:
+           decompose: str = "horizontal", cost: Cost = CPU) -> bool:
     """True when the routed path should beat the dense one for a layer of this shape.
 
-    Dense: 2 projections of N x E*m x d. Routed: the same over the P active pairs only, at the
-    narrow-GEMM rate, plus a fixed cost per sub-expert and the rows gathered and scattered."""
+    Dense: 2 projections of N x E*m x d multiply-adds (HD and VD alike). Routed: the same over the
+    P1 + P2 active pairs only, at the narrow-GEMM rate, plus the hidden rows it moves (HD gathers
+    x for side-1 pairs and scatters y for side-2 pairs; VD gathers x for both sides and scatters
+    both output halves) and one GEMM call per sub-expert and projection side."""
     dense = 2 * tokens * experts * width * hidden
     pairs = pairs1 + pairs2
-    routed = (pairs * width * hidden * cost.small_gemm + 4 * experts * cost.per_expert
-              + pairs * hidden * cost.per_row)
+    moved = pairs * hidden if decompose == "horizontal" else pairs * hidden * 1.5
+    calls = 2 * experts if decompose == "horizontal" else 4 * experts
+    routed = pairs * width * hidden * cost.small_gemm + moved * cost.per_element + calls * cost.per_call
     return routed < dense
 
 
 def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs | None, width: int,
-                hidden: int, grad: bool) -> Plan | None:
+                hidden: int, grad: bool, decompose: str = "horizontal") -> Plan | None:
     """The plan when the routed path is the cheaper one for this group, else None (dense).
 
     Autograd (training) always takes the dense path; so does CUDA here, where a Python loop over
@@ -114,17 +121,62 @@ def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs
     kernels instead)."""
     if grad or g1.is_cuda or g1.shape[0] == 0:
         return None
-    if not choose(g1.shape[0], *active_counts(g1, g2), g1.shape[-1], width, hidden):
+    if not choose(g1.shape[0], *active_counts(g1, g2), g1.shape[-1], width, hidden, decompose):
         return None
     return plan(g1, g2, pairs)
 
 
 def active_counts(g1: torch.Tensor, g2: torch.Tensor) -> tuple[int, int]:
     """Active (token, sub-expert) pairs of each side."""
-    return int((g1 > 0).any(1).sum()), int((g2 > 0).any(1).sum())
+    return int((g1.sum(1) > 0).sum()), int((g2.sum(1) > 0).sum())
 
 
 # ---- grouped GEMMs (pure torch) ---------------------------------------------------------
+#
+# The per-sub-expert GEMMs are small: run as intra-op parallel ops, every one of them forks and
+# joins the thread team, which on a busy machine (a descheduled thread holds the join for a whole
+# time slice) made the loop ten times slower on 2 threads than on one. Instead the sub-experts are
+# split into one contiguous share per thread (balanced by pairs), each share runs single-threaded
+# ops in its own worker (torch releases the GIL inside ops), and the shares' results are combined.
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _shares(counts: list[int], parts: int) -> list[tuple[int, int, int]]:
+    """(first sub-expert, end sub-expert, first pair) of `parts` contiguous shares of about equal pairs."""
+    total = sum(counts)
+    shares, first, start, seen = [], 0, 0, 0
+    for e, count in enumerate(counts):
+        seen += count
+        if len(shares) < parts - 1 and seen * parts >= total * (len(shares) + 1):
+            shares.append((first, e + 1, start))
+            first, start = e + 1, seen
+    shares.append((first, len(counts), start))
+    return [share for share in shares if share[0] < share[1]]
+
+
+def _parallel(counts: list[int], job: Callable[[int, int, int], torch.Tensor]) -> list[torch.Tensor]:
+    """job(first, end, first pair) over shares of the sub-experts, one per torch thread."""
+    threads = torch.get_num_threads()
+    shares = _shares(counts, threads)
+    if len(shares) <= 1:
+        return [job(*share) for share in shares]
+
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def serial(share):  # grad and inference modes are per thread: the caller's apply
+        torch.set_num_threads(1)  # this worker's own thread team
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return job(*share)
+
+    with _POOL_LOCK:
+        pool = _POOL.get(len(shares)) or _POOL.setdefault(len(shares), ThreadPoolExecutor(len(shares)))
+    torch.set_num_threads(1)
+    try:
+        return list(pool.map(serial, shares))
+    finally:
+        torch.set_num_threads(threads)
 
 def up(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s: Side) -> torch.Tensor:
     """relu2(U_e x_n + c_e) for every pair (n, e) of `s`: [P, width]. weight: [E*width, d]
@@ -133,12 +185,16 @@ def up(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s: Side) -> to
     width = weight.shape[0] // experts
     w, b = weight.view(experts, width, -1), bias.view(experts, width)
     out = x.new_empty(s.tok.numel(), width)
-    start = 0
-    for e, count in enumerate(s.counts):
-        if count:
-            end = start + count
-            torch.addmm(b[e], x.index_select(0, s.tok[start:end]), w[e].T, out=out[start:end])
-            start = end
+
+    def share(first: int, end: int, start: int) -> torch.Tensor:
+        for e in range(first, end):
+            if s.counts[e]:
+                stop = start + s.counts[e]
+                torch.addmm(b[e], x.index_select(0, s.tok[start:stop]), w[e].T, out=out[start:stop])
+                start = stop
+        return out
+
+    _parallel(s.counts, share)
     return out.relu_().square_()
 
 
@@ -147,25 +203,30 @@ def down(terms: list[tuple[torch.Tensor, torch.Tensor]], brow: torch.Tensor, bwe
     """y[n] = sum over the pairs (n, e) of `s` of sum_t W_t[:, e] slots_t[p] + bweight[p] brow[e].
 
     terms: (slots [P, width], W [d_out, E*width]) pairs, summed; brow: [E, d_out]; bweight: [P].
-    Returns [tokens, d_out]. Each W is first copied expert-major ([E, width, d_out], one pass over
-    it): a sub-expert's columns of the row-major W are `width` values every E*width, a stride that
-    maps them onto a few cache sets, and reading them in place cost more than the copy."""
+    Returns [tokens, d_out]. The weights are first copied expert-major and stacked along the
+    reduction ([E, terms*width, d_out], one pass over them): a sub-expert's columns of a row-major
+    W are `width` values every E*width, a stride that maps them onto a few cache sets, and reading
+    them in place cost more than the copy; stacking the terms makes one GEMM per sub-expert."""
     experts = len(s.counts)
     d_out = terms[0][1].shape[0]
-    weights = [w.view(d_out, experts, -1).permute(1, 2, 0).contiguous() for _, w in terms]
-    slots = [t for t, _ in terms]
-    y = slots[0].new_zeros(tokens, d_out)
-    start = 0
-    for e, count in enumerate(s.counts):
-        if count:
-            end = start + count
-            part = torch.mm(slots[0][start:end], weights[0][e])
-            for t, w in zip(slots[1:], weights[1:], strict=True):
-                part.addmm_(t[start:end], w[e])
-            part.addr_(bweight[start:end], brow[e])
-            y.index_add_(0, s.tok[start:end], part)
-            start = end
-    return y
+    weight = torch.cat([w.view(d_out, experts, -1).permute(1, 2, 0) for _, w in terms], dim=1).contiguous()
+    slots = torch.cat([t for t, _ in terms], dim=1) if len(terms) > 1 else terms[0][0]
+
+    def share(first: int, end: int, start: int) -> torch.Tensor:
+        y = slots.new_zeros(tokens, d_out)
+        for e in range(first, end):
+            if s.counts[e]:
+                stop = start + s.counts[e]
+                y.index_add_(0, s.tok[start:stop], torch.mm(slots[start:stop], weight[e]))
+                start = stop
+        return y
+
+    y, *others = _parallel(s.counts, share) or [slots.new_zeros(tokens, d_out)]
+    for part in others:
+        y += part
+    # the bias rows in one GEMM (N x E x d_out, 1/width of a dense projection) instead of E rank-1 updates
+    rows = y.new_zeros(tokens, experts).index_put_((s.tok, s.expert), bweight.to(y.dtype))
+    return y.addmm_(rows, brow.to(y.dtype))
 
 
 # ---- the expert layers ------------------------------------------------------------------
@@ -178,7 +239,7 @@ def _mix(gate: torch.Tensor, a: torch.Tensor, s: Side, tokens: int) -> torch.Ten
 
 def _spread(gate: torch.Tensor, z: torch.Tensor, s: Side) -> torch.Tensor:
     """slot[p] = sum_h g[n, h, e] z[n, h] for every pair (n, e) of `s`: [P, width]."""
-    return torch.bmm(gate[:, None, :], z.index_select(0, s.tok)).squeeze(1)
+    return (gate[:, :, None] * z.index_select(0, s.tok)).sum(1)
 
 
 def hd_routed(experts: torch.nn.Module, x: torch.Tensor, p: Plan, up=up, down=down) -> torch.Tensor:
