@@ -79,8 +79,9 @@ def masked_pairs(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor | None =
     v1, i1 = _active(g1)
     v2, i2 = _active(g2)
     E = cut.shape[1]
-    share = cut.reshape(-1)[(i1.unsqueeze(-1) * E + i2.unsqueeze(-2)).reshape(-1)].view(*i1.shape, i2.shape[-1])
-    weight = share * (v1.unsqueeze(-1) * v2.unsqueeze(-2))
+    flat = (i1.unsqueeze(-1) * E + i2.unsqueeze(-2)).reshape(-1)
+    share = cut.reshape(-1).index_select(0, flat).view(*i1.shape, i2.shape[-1])
+    weight = share.mul_(v1.unsqueeze(-1) * v2.unsqueeze(-2))
     if not bool(weight.any()):
         return None
     return MaskedPairs(i1, i2, weight)
@@ -93,8 +94,15 @@ def hits(pairs: MaskedPairs, experts1: int, experts2: int
     Only the pairs that a mask or scale changes carry a non-zero weight, a few percent of the
     active ones, so the correction touches those rows alone instead of every active (token, head, i, j).
     """
-    n, h, a, b = pairs.weight.nonzero(as_tuple=True)
-    return n * experts1 + pairs.idx1[n, h, a], n * experts2 + pairs.idx2[n, h, b], pairs.weight[n, h, a, b]
+    N, H, K1, K2 = pairs.weight.shape
+    flat = pairs.weight.reshape(-1)
+    hit = flat.nonzero().squeeze(1)  # flat position ((n*H + h)*K1 + a)*K2 + b, then 1-d gathers only
+    row, b = hit // K2, hit % K2
+    nh, a = row // K1, row % K1
+    n = nh // H
+    i = pairs.idx1.reshape(-1).index_select(0, nh * K1 + a)
+    j = pairs.idx2.reshape(-1).index_select(0, nh * K2 + b)
+    return n * experts1 + i, n * experts2 + j, flat.index_select(0, hit)
 
 
 def _subtract_rows(out: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, src: torch.Tensor | None = None,
