@@ -51,7 +51,7 @@ demo: install
 	bash scripts/demo.sh
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench
 
 bench-serving: install
 	$(VLLM_BIN)/python bench/serving.py

@@ -1,9 +1,14 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The suite's numerical references are fp32: on CPUs with native bf16, load_model would default to
+# bf16 (model/precision.py), so the suite pins fp32 (subprocesses inherit it); tests/test_precision.py
+# covers the bf16 default itself.
+os.environ.setdefault("MONET_EDIT_CPU_DTYPE", "fp32")
 
 from helpers import write_tiny_checkpoint  # noqa: E402
 

@@ -111,6 +111,7 @@ def test_results_record_provenance(python_results, tiny_ckpt):
     assert res["parameters"]["tokens"] == 300 and res["parameters"]["seq_len"] == 32
     assert res["parameters"]["suites"] == ["loss"]
     assert {"version", "git_revision", "torch", "python", "seed"} <= set(res["provenance"])
+    assert res["compute"] == {"device": "cpu", "dtype": {"before": "float32", "after": "float32"}}
 
 
 def test_write_results_json_and_markdown(python_results, tmp_path):

@@ -244,8 +244,9 @@ def test_gpu_parity_at_real_width(decompose, masked):
 
 
 def test_kernels_compile_for_hopper():
-    """Without a GPU, compile every kernel ahead of time to an sm_90 cubin (bf16 with masked pairs,
-    the variant with the most code): catches code the interpreter accepts but the compiler rejects."""
+    """Without a GPU, compile every kernel ahead of time to an sm_90 cubin (bf16 with masked pairs or
+    two terms, the variants with the most code): catches code the interpreter accepts but the
+    compiler rejects."""
     import subprocess
     import sys
 
@@ -253,7 +254,7 @@ def test_kernels_compile_for_hopper():
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from monet_edit.kernels import triton_mix, triton_route
+from monet_edit.kernels import triton_mix, triton_route, triton_routed
 
 def compile_(fn, types, consts):
     names = fn.arg_names
@@ -267,6 +268,11 @@ blocks = {"HAS_PAIRS": True, "BLOCK_H": 8, "BLOCK_E": 64, "BLOCK_M": 16, "BLOCK_
 compile_(triton_mix._hd_kernel, ["*bf16", "*fp32", "*fp32", "*bf16", "*bf16", "*fp32", "*i64", "*i64"] + ints, blocks)
 compile_(triton_mix._vd_kernel, ["*bf16"] * 2 + ["*fp32"] * 2 + ["*bf16"] * 6 + ["*fp32", "*i64", "*i64"] + ints,
          dict(blocks, BLOCK_M=8))
+tiles = ["*i64", "*i32", "*i32", "*i32"]
+compile_(triton_routed._up_kernel, ["*bf16"] * 4 + tiles + ["i32"] * 2,
+         {"BLOCK_P": 32, "BLOCK_W": 16, "BLOCK_K": 64, "UPCAST": False})
+compile_(triton_routed._down_kernel, ["*bf16"] * 6 + ["*fp32"] + tiles + ["i32"] * 3,
+         {"TWO": True, "BLOCK_P": 32, "BLOCK_W": 16, "BLOCK_D": 64, "UPCAST": False})
 print("compiled")
 """
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")

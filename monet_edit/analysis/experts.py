@@ -121,7 +121,7 @@ def top_tokens(model, tokenizer, batch_rows: torch.Tensor, experts: list[tuple[i
     for start in range(0, batch_rows.shape[0], batch_size):
         ids = batch_rows[start:start + batch_size].to(device)
         routing: list = []
-        model.model(ids, routing=routing)
+        model.model(ids, routing=routing, routing_only=True)
         for k, (g, i, j) in enumerate(experts):
             g1, g2 = routing[g]
             weight = (g1[..., i].float() * g2[..., j].float()).sum(-1).reshape(-1).cpu()

@@ -48,7 +48,7 @@ def measure(model, rows_by_corpus: dict[str, Any], batch_size: int = 8, ratio: f
             for start in range(0, rows.shape[0], batch_size):
                 ids = rows[start:start + batch_size].to(device)
                 routing: list = []
-                model.model(ids, routing=routing)
+                model.model(ids, routing=routing, routing_only=True)
                 flat = [(g1.reshape(-1, *g1.shape[2:]).float(), g2.reshape(-1, *g2.shape[2:]).float())
                         for g1, g2 in routing]
                 parts.append(stack_groups([group_stats(a, b, None) for a, b in flat]))

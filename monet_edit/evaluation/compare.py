@@ -121,10 +121,11 @@ def evaluate(base, edited, target: Target, params: EvalParams, *, edited_mask=No
             log(journal.note)
     if group.world > 1:
         log(f"data-parallel on {group.world} ranks ({group.backend})")
-    sides, masked = {}, (0, 0)
+    sides, masked, compute = {}, (0, 0), {}
     for side, source, mask in (("before", base, None), ("after", edited, edited_mask)):
         log(f"{side}: {source.dir}" + (" + selected mask" if mask is not None else ""))
         model = load_model(source, mask=mask, device=device)
+        compute[side] = str(next(model.parameters()).dtype).removeprefix("torch.")
         if side == "after":
             masked = _masked(model)
         torch.manual_seed(params.seed)
@@ -139,6 +140,8 @@ def evaluate(base, edited, target: Target, params: EvalParams, *, edited_mask=No
     return {
         "provenance": provenance.record(seed=params.seed),
         "ranks": group.world,
+        # What each side computed in: load_model's default is bf16 on CPUs with native bf16, else fp32.
+        "compute": {"device": str(device or "cpu"), "dtype": compute},
         "base": {"source": str(base), "dir": str(base.dir), "fingerprint": base_fp},
         "edited": {"source": str(edited), "dir": str(edited.dir), "fingerprint": edited_fp,
                    "mask": _mask_record(edited_mask), "experts_masked": masked[0], "experts_total": masked[1]},

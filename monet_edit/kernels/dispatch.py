@@ -1,9 +1,19 @@
-"""Choose, per call, between the Triton kernels and the pure-torch reference.
+"""Choose, per call, between the Triton kernels and the pure-torch reference, and the expert path.
 
-`MONET_EDIT_KERNELS` = auto (default: Triton for CUDA tensors, torch elsewhere), triton (always
-Triton; on CPU that needs `TRITON_INTERPRET=1`, which is how the parity tests run the kernels) or
-torch (always the reference). The kernels are forward-only, so a call that autograd must see
-(training) always takes the reference. Triton is imported only when a Triton path is taken.
+`MONET_EDIT_KERNELS` is a comma-separated list of at most one backend and one expert path:
+- backend `triton` (always Triton; on CPU that needs `TRITON_INTERPRET=1`, which is how the parity
+  tests run the kernels) or `torch` (always the reference); unset (or `auto`): Triton for CUDA
+  tensors, torch elsewhere;
+- expert path `dense` (every sub-expert, as the published implementation computes it) or `routed`
+  (only the active (token, sub-expert) pairs, kernels.routed); unset: the cost model
+  (routed.choose) decides per routing group from the active pairs it measures.
+E.g. `MONET_EDIT_KERNELS=torch,dense` is the reference path everywhere. The kernels are forward-only,
+so a call that autograd must see (training) always takes the reference and the dense path.
+
+The Triton kernels have not yet run on a real GPU, so under `auto` each one is checked against its
+torch reference on a small slice of its first call's inputs, once per process, kernel, shape
+family and dtype; a kernel that fails to compile or differs prints one warning line and that
+family runs on torch from then on. A forced `triton` is never second-guessed.
 
 `MONET_EDIT_SPARSE_TOKENS` (default 4): expert layers called with at most this many tokens (batch-1
 generation) take the sparse path that reads only the active sub-experts' weights; 0 turns it off.
@@ -14,27 +24,55 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
 
 from ..errors import UsageError
-from . import reference
+from . import reference, routed
 
-MODES = ("auto", "triton", "torch")
+BACKENDS = ("triton", "torch")
+PATHS = ("dense", "routed")
 DEFAULT_SPARSE_TOKENS = 4
+PROBE_TOKENS = 16  # tokens (or pairs, for the grouped GEMMs) a first-use check runs on
+PROBE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-3}  # relative to max |ref|
+
+
+def _choices() -> tuple[str, str]:
+    """(backend, expert path) requested by MONET_EDIT_KERNELS, each 'auto' when not named."""
+    raw = os.environ.get("MONET_EDIT_KERNELS", "auto")
+    backend = path = "auto"
+    for token in (t.strip().lower() for t in raw.split(",")):
+        if token in ("", "auto"):
+            continue
+        if token in BACKENDS and backend == "auto":
+            backend = token
+        elif token in PATHS and path == "auto":
+            path = token
+        else:
+            raise UsageError(f"MONET_EDIT_KERNELS={raw!r}: expected at most one of {', '.join(BACKENDS)} and "
+                             f"one of {', '.join(PATHS)}, comma-separated (or auto)")
+    return backend, path
 
 
 def mode() -> str:
-    """The requested backend, validated (a bad value is a usage error naming the variable)."""
-    value = os.environ.get("MONET_EDIT_KERNELS", "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise UsageError(f"MONET_EDIT_KERNELS={value!r} is not one of {', '.join(MODES)}")
-    return value
+    """The requested backend: auto, triton or torch (a bad value is a usage error naming the variable)."""
+    return _choices()[0]
+
+
+def expert_mode() -> str:
+    """The requested expert path: auto, dense or routed."""
+    return _choices()[1]
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def accelerated(t: torch.Tensor) -> bool:
+    """Whether `auto` runs Triton for this tensor (CUDA); the fallback tests pretend otherwise."""
+    return t.is_cuda
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
@@ -44,12 +82,11 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     chosen = mode()
     if chosen == "torch":
         return False
-    on_cuda = tensors[0].is_cuda
     if chosen == "auto":
-        return on_cuda and triton_available()
+        return accelerated(tensors[0]) and triton_available()
     if not triton_available():
         raise UsageError("MONET_EDIT_KERNELS=triton but the triton package is not installed")
-    if not on_cuda and not _interpreting():
+    if not tensors[0].is_cuda and not _interpreting():
         raise UsageError("MONET_EDIT_KERNELS=triton on CPU tensors needs TRITON_INTERPRET=1")
     return True
 
@@ -75,13 +112,81 @@ def sparse_tokens() -> int:
     return tokens
 
 
-# ---- dispatched kernels (same signatures as reference) --------------------------------------
+# ---- first-use checks -------------------------------------------------------------------
+
+VERDICTS: dict[tuple, bool] = {}  # (kernel, shape family..., dtype) -> the Triton kernel passed its check
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def _differs(fast, ref, dtype: torch.dtype) -> str | None:
+    """Why `fast` is not `ref` within the dtype's tolerance, or None when it is."""
+    for got, want in zip(_tensors(fast), _tensors(ref), strict=True):
+        if got.shape != want.shape:
+            return f"shape {tuple(got.shape)} instead of {tuple(want.shape)}"
+        got, want = got.float(), want.float()
+        scale = float(want.abs().max()) if want.numel() else 0.0
+        error = float((got - want).abs().max()) if want.numel() else 0.0
+        if not error <= PROBE_TOLERANCE.get(dtype, 3e-2) * max(scale, 1e-6):  # also catches NaN
+            return f"max error {error:.3g} on values up to {scale:.3g}"
+    return None
+
+
+def _warn(line: str) -> None:
+    from ..infra.console import err
+
+    err.print(f"warning: {line}", markup=False, soft_wrap=True)
+
+
+def _verified(name: str, key: tuple, fast: Callable, ref: Callable, probe: Callable[[], tuple]) -> bool:
+    """Run the first-use check of one kernel family (see the module docstring); True when it passed."""
+    if key in VERDICTS:
+        return VERDICTS[key]
+    dtype = key[-1]
+    try:
+        args = probe()
+        reason = _differs(fast(*args), ref(*args), dtype)
+    except Exception as exc:  # a compile or launch failure of an unproven kernel: torch takes over
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'failed'}"
+    VERDICTS[key] = reason is None
+    if reason is not None:
+        family = ", ".join(str(k).removeprefix("torch.") for k in key[1:])
+        _warn(f"Triton kernel {name} ({family}) failed its first-use check against torch ({reason}); "
+              "using the torch kernel for it")
+    return VERDICTS[key]
+
+
+def _pick(name: str, key: tuple, fast: Callable, ref: Callable, probe: Callable[[], tuple]) -> Callable:
+    """`fast` when forced or when it passed (or passes now) its first-use check, else `ref`."""
+    if mode() == "triton" or _verified(name, key, fast, ref, probe):
+        return fast
+    return ref
+
+
+def _head(pairs: reference.MaskedPairs | None, n: int) -> reference.MaskedPairs | None:
+    return None if pairs is None else reference.MaskedPairs(*(t[:n] for t in pairs))
+
+
+def _prefix(s: routed.Side, n: int) -> routed.Side:
+    """The first n pairs of a side (still grouped by sub-expert), for a first-use check."""
+    counts, left = [], n
+    for c in s.counts:
+        counts.append(min(c, left))
+        left -= counts[-1]
+    return routed.Side(s.tok[:n], s.expert[:n], s.gate[:n], counts)
+
+
+# ---- dispatched kernels (same signatures as reference / routed) ----------------------------
 
 def route(z: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor, sigma: float,
           normed: torch.Tensor | None = None) -> torch.Tensor:
     """reference.route, fused in Triton for eval-mode routing (`normed` is the training path)."""
     if normed is None and use_triton(z):
-        return triton_module("triton_route").route(z, running_mean, running_var, sigma)
+        fast = _pick("route", ("route", *z.shape[1:], z.dtype), triton_module("triton_route").route,
+                     reference.route, lambda: (z[:PROBE_TOKENS], running_mean, running_var, sigma))
+        return fast(z, running_mean, running_var, sigma)
     return reference.route(z, running_mean, running_var, sigma, normed)
 
 
@@ -89,7 +194,11 @@ def hd_mix(a: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, pairs: reference
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """reference.hd_mix, fused in Triton with the masked pairs folded in."""
     if use_triton(a, g1, g2):
-        return triton_module("triton_mix").hd_mix(a, g1, g2, pairs)
+        key = ("hd_mix", *g1.shape[1:], *a.shape[2:], pairs is not None, a.dtype)
+        n = PROBE_TOKENS
+        fast = _pick("hd_mix", key, triton_module("triton_mix").hd_mix, reference.hd_mix,
+                     lambda: (a[:n], g1[:n], g2[:n], _head(pairs, n)))
+        return fast(a, g1, g2, pairs)
     return reference.hd_mix(a, g1, g2, pairs)
 
 
@@ -97,5 +206,57 @@ def vd_mix(a1: torch.Tensor, a2: torch.Tensor, g1: torch.Tensor, g2: torch.Tenso
            pairs: reference.MaskedPairs | None = None) -> reference.VDMix:
     """reference.vd_mix, fused in Triton with the masked pairs folded in."""
     if use_triton(a1, a2, g1, g2):
-        return triton_module("triton_mix").vd_mix(a1, a2, g1, g2, pairs)
+        key = ("vd_mix", *g1.shape[1:], *a1.shape[2:], pairs is not None, a1.dtype)
+        n = PROBE_TOKENS
+        fast = _pick("vd_mix", key, triton_module("triton_mix").vd_mix, reference.vd_mix,
+                     lambda: (a1[:n], a2[:n], g1[:n], g2[:n], _head(pairs, n)))
+        return fast(a1, a2, g1, g2, pairs)
     return reference.vd_mix(a1, a2, g1, g2, pairs)
+
+
+def _up(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s: routed.Side) -> torch.Tensor:
+    key = ("routed.up", weight.shape[0] // len(s.counts), x.shape[1], x.dtype)
+    fast = _pick("routed.up", key, triton_module("triton_routed").up, routed.up,
+                 lambda: (x, weight, bias, _prefix(s, PROBE_TOKENS)))
+    return fast(x, weight, bias, s)
+
+
+def _down(terms: list, brow: torch.Tensor, bweight: torch.Tensor, s: routed.Side, tokens: int) -> torch.Tensor:
+    slots, weight = terms[0]
+    key = ("routed.down", slots.shape[1], weight.shape[0], len(terms), slots.dtype)
+    n = PROBE_TOKENS
+    fast = _pick("routed.down", key, triton_module("triton_routed").down, routed.down,
+                 lambda: ([(t[:n], w) for t, w in terms], brow, bweight[:n], _prefix(s, n), tokens))
+    return fast(terms, brow, bweight, s, tokens)
+
+
+def _routed_ops(x: torch.Tensor, weight: torch.Tensor) -> dict:
+    return dict(up=_up, down=_down) if use_triton(x, weight) else {}
+
+
+def hd_routed(experts: torch.nn.Module, x: torch.Tensor, plan: routed.Plan) -> torch.Tensor:
+    """routed.hd_routed with its grouped GEMMs in Triton where Triton runs."""
+    return routed.hd_routed(experts, x, plan, **_routed_ops(x, experts.u.weight))
+
+
+def vd_routed(experts: torch.nn.Module, x: torch.Tensor, plan: routed.Plan) -> torch.Tensor:
+    """routed.vd_routed with its grouped GEMMs in Triton where Triton runs."""
+    return routed.vd_routed(experts, x, plan, **_routed_ops(x, experts.u1.weight))
+
+
+def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs | None, width: int,
+                hidden: int, grad: bool, decompose: str = "horizontal") -> routed.Plan | None:
+    """routed.expert_plan, with MONET_EDIT_KERNELS's path forced and the Triton cost model on CUDA."""
+    chosen = expert_mode()
+    if grad or g1.shape[0] == 0 or chosen == "dense":
+        return None
+    if chosen == "routed":
+        return routed.plan(g1, g2, pairs)
+    if not accelerated(g1):
+        return routed.expert_plan(g1, g2, pairs, width, hidden, grad, decompose)
+    if not use_triton(g1) or any(VERDICTS.get(k) is False for k in VERDICTS if k[0].startswith("routed.")):
+        return None  # the torch grouped GEMMs loop over sub-experts in Python: far slower than cuBLAS
+    counts = routed.active_counts(g1, g2)
+    if not routed.choose(g1.shape[0], *counts, g1.shape[-1], width, hidden, decompose, routed.CUDA_TRITON):
+        return None
+    return routed.plan(g1, g2, pairs)

@@ -44,13 +44,15 @@ def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None,
     """Load a Monet checkpoint in eval mode with its masks (and `mask`, if given) applied.
 
     source: a checkpoint directory, a packaged model name ('tiny') or a Hub id (downloaded into
-    the Hugging Face cache; fails with one line when offline). dtype: default float32 on CPU and
-    the stored dtype on CUDA. mask: a mask file path or {group: bool [E, E]}; it is combined
-    (logical or) with any masks the checkpoint already carries. Per-expert scales stored in the
-    checkpoint are applied too (a masked expert stays masked).
+    the Hugging Face cache; fails with one line when offline). dtype: default on CPU
+    precision.cpu_dtype() (bf16 where the CPU has native bf16, else float32), on CUDA the stored
+    dtype. mask: a mask file path or {group: bool [E, E]}; it is combined (logical or) with any
+    masks the checkpoint already carries. Per-expert scales stored in the checkpoint are applied
+    too (a masked expert stays masked).
     """
     import torch
 
+    from . import precision
     from .monet import MonetForCausalLM, RotaryEmbedding
 
     ckpt = checkpoint.of(source)
@@ -63,7 +65,7 @@ def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None,
     target = parse_dtype(dtype)
     if target is None:
         floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
-        target = torch.float32 if dev.type == "cpu" or not floats else floats[0]
+        target = precision.cpu_dtype() if dev.type == "cpu" else floats[0] if floats else torch.float32
     for name, t in tensors.items():
         keep_fp32 = ".router.norm" in name  # BatchNorm statistics drive routing: keep full precision
         if t.is_floating_point():

@@ -3,7 +3,8 @@
 A Llama pre-norm decoder whose MLPs are Monet expert layers. Module and parameter names follow
 the released Hugging Face checkpoints exactly, so `state_dict()` keys are the safetensors names.
 Routing groups: layer L has a router when L % moe_groups == 0; the next moe_groups-1 layers
-reuse its (g1, g2). Expert masks are per group, held by that group's router.
+reuse its (g1, g2). Expert masks and scales are per group, held by that group's router, and so is
+the choice of expert path (dense, or routed over the active pairs only; kernels.dispatch).
 """
 
 from __future__ import annotations
@@ -110,8 +111,10 @@ class MonetRouter(nn.Module):
         self.norm1 = nn.BatchNorm1d(self.heads, affine=False)
         self.norm2 = nn.BatchNorm1d(self.heads, affine=False)
         self.sigma = kernels.routing_threshold(config.moe_topk, config.moe_experts)
-        # Expert mask of this routing group ([E, E] bool, True = masked); not part of state_dict.
+        # Expert mask of this routing group ([E, E] bool, True = masked) and per-expert scale ([E, E]
+        # float, 1 = unchanged); neither is part of state_dict.
         self.register_buffer("expert_mask", None, persistent=False)
+        self.register_buffer("expert_scale", None, persistent=False)
 
     def _side(self, w: nn.Linear, norm: nn.BatchNorm1d, u: torch.Tensor) -> torch.Tensor:
         z = w(u).view(-1, self.heads, self.experts).float()
@@ -142,9 +145,11 @@ class MonetHDExperts(nn.Module):
         self.b = nn.Parameter(torch.zeros(E, d))
 
     def forward(self, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor,
-                pairs: kernels.MaskedPairs | None) -> torch.Tensor:
+                pairs: kernels.MaskedPairs | None, plan: kernels.Plan | None = None) -> torch.Tensor:
         if 0 < x.shape[0] <= kernels.sparse_tokens():
             return kernels.hd_sparse(self, x, g1, g2, pairs)
+        if plan is not None:
+            return kernels.hd_routed(self, x, plan)
         a = relu2(self.u(x)).view(x.shape[0], self.experts, -1)
         slots, bias = kernels.hd_mix(a, g1, g2, pairs)
         return self.v(slots.flatten(1)) + bias @ self.b.to(slots.dtype)
@@ -167,10 +172,12 @@ class MonetVDExperts(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(E, d2))
 
     def forward(self, x: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor,
-                pairs: kernels.MaskedPairs | None) -> torch.Tensor:
+                pairs: kernels.MaskedPairs | None, plan: kernels.Plan | None = None) -> torch.Tensor:
         N = x.shape[0]
         if 0 < N <= kernels.sparse_tokens():
             return kernels.vd_sparse(self, x, g1, g2, pairs)
+        if plan is not None:
+            return kernels.vd_routed(self, x, plan)
         a1 = relu2(self.u1(x)).view(N, self.experts, -1)
         a2 = relu2(self.u2(x)).view(N, self.experts, -1)
         mix = kernels.vd_mix(a1, a2, g1, g2, pairs)
@@ -206,15 +213,19 @@ class MonetModel(nn.Module):
         return [layer.router for layer in self.layers if layer.router is not None]
 
     def forward(self, input_ids: torch.Tensor, past_key_values: KVCache | None = None,
-                use_cache: bool = False, routing: list[Routing] | None = None
-                ) -> tuple[torch.Tensor, KVCache | None]:
-        """Returns final hidden states [B, T, d]; appends each group's (g1, g2) to `routing`."""
+                use_cache: bool = False, routing: list[Routing] | None = None, routing_only: bool = False
+                ) -> tuple[torch.Tensor | None, KVCache | None]:
+        """Returns final hidden states [B, T, d]; appends each group's (g1, g2) to `routing`.
+
+        routing_only: stop once the last router has routed (its layer's experts and every later
+        layer do not change any routing) and return (None, None); what profiling needs."""
         B, T = input_ids.shape
         start = past_key_values[0][0].shape[2] if past_key_values else 0
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(torch.arange(start, start + T, device=h.device), h.dtype)
         cache: KVCache = []
-        g1 = g2 = pairs = None
+        g1 = g2 = pairs = plan = None
+        last_router = max(i for i, layer in enumerate(self.layers) if layer.router is not None)
         for i, layer in enumerate(self.layers):
             past = past_key_values[i] if past_key_values else None
             attn, present = layer.self_attn(layer.input_layernorm(h), cos, sin, past)
@@ -224,12 +235,26 @@ class MonetModel(nn.Module):
             u = layer.post_attention_layernorm(h).reshape(B * T, -1)
             if layer.router is not None:
                 g1, g2 = layer.router(u)
-                mask = layer.router.expert_mask
-                pairs = kernels.masked_pairs(g1, g2, mask) if mask is not None else None
                 if routing is not None:
                     routing.append((g1.view(B, T, *g1.shape[1:]), g2.view(B, T, *g2.shape[1:])))
-            h = h + layer.moe(u, g1, g2, pairs).view(B, T, -1)
+                if routing_only and i == last_router:
+                    return None, None
+                pairs, plan = self._expert_inputs(layer.router, g1, g2, u)
+            h = h + layer.moe(u, g1, g2, pairs, plan).view(B, T, -1)
         return self.norm(h), (cache if use_cache else None)
+
+    def _expert_inputs(self, router: MonetRouter, g1: torch.Tensor, g2: torch.Tensor, u: torch.Tensor
+                       ) -> tuple[kernels.MaskedPairs | None, kernels.Plan | None]:
+        """A group's changed pairs (masks, scales) and, when the routed path is chosen, its plan."""
+        pairs = None
+        if router.expert_mask is not None or router.expert_scale is not None:
+            pairs = kernels.masked_pairs(g1, g2, router.expert_mask, router.expert_scale)
+        plan = None
+        if u.shape[0] > kernels.sparse_tokens():
+            cfg = self.config
+            plan = kernels.expert_plan(g1, g2, pairs, cfg.moe_dim, cfg.hidden_size, grad=u.requires_grad,
+                                       decompose=cfg.moe_decompose)
+        return pairs, plan
 
 
 class MonetForCausalLM(nn.Module):
@@ -260,6 +285,25 @@ class MonetForCausalLM(nn.Module):
     def masks(self) -> dict[int, torch.Tensor]:
         """The installed masks, {group: bool [E, E]} (groups without a mask are left out)."""
         return {g: r.expert_mask for g, r in enumerate(self.model.routers()) if r.expert_mask is not None}
+
+    def set_scales(self, scales: dict[int, torch.Tensor] | None) -> None:
+        """Install per-group expert scales ({group: float [E, E]}): expert (i, j) then routes with
+        a_ij G_ij (1 unchanged, 0 as masked, (0, 1) attenuated, > 1 amplified), computed like masks
+        over the changed active pairs only; a masked expert stays masked. None clears all."""
+        E = self.config.moe_experts
+        routers = self.model.routers()
+        scales = scales or {}
+        for group, router in enumerate(routers):
+            scale = scales.get(group)
+            if scale is not None and (tuple(scale.shape) != (E, E) or not bool(torch.isfinite(scale).all())):
+                raise ValueError(f"scale of group {group}: expected finite values of shape ({E}, {E}), "
+                                 f"got {tuple(scale.shape)}")
+            router.expert_scale = (scale.to(device=router.w1.weight.device, dtype=torch.float32)
+                                   if scale is not None and bool((scale != 1).any()) else None)
+
+    def scales(self) -> dict[int, torch.Tensor]:
+        """The installed scales, {group: float [E, E]} (groups left unchanged are left out)."""
+        return {g: r.expert_scale for g, r in enumerate(self.model.routers()) if r.expert_scale is not None}
 
     # ---- initialisation ------------------------------------------------------------------
     def init_weights(self, seed: int = 0) -> MonetForCausalLM:

@@ -38,7 +38,7 @@ def profile_rows(
     for start in range(0, batch_rows.shape[0], batch_size):
         ids = batch_rows[start : start + batch_size].to(device)
         routing: list = []
-        model.model(ids, routing=routing)
+        model.model(ids, routing=routing, routing_only=True)
         y = None if labels is None else labels[start : start + batch_size].reshape(-1).to(device)
         per_group = [group_stats(g1.reshape(-1, *g1.shape[2:]), g2.reshape(-1, *g2.shape[2:]), y)
                      for g1, g2 in routing]

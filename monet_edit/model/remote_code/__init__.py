@@ -38,6 +38,9 @@ COPIES = {
         "from . import dispatch": "from . import monet_reference as dispatch",
         "from .reference import MaskedPairs": "from .monet_reference import MaskedPairs",
     }),
+    "monet_routed.py": ("kernels/routed.py", {
+        "from . import reference": "from . import monet_reference as reference",
+    }),
 }
 FILES = (*TEMPLATES, *COPIES, "monet_kernels.py", "monet_defaults.py")
 
@@ -55,13 +58,14 @@ def _copy(source: str, imports: dict[str, str]) -> str:
 def _kernels() -> str:
     """The `kernels` namespace monet_model.py calls, bound to the pure-torch kernels only."""
     from ... import kernels
-    from ...kernels import dispatch, reference, sparse
+    from ...kernels import dispatch, reference, routed, sparse
 
-    names: dict[str, list[str]] = {"monet_reference": [], "monet_sparse": []}
+    pure = {"monet_reference": reference, "monet_sparse": sparse, "monet_routed": routed}
+    names: dict[str, list[str]] = {module: [] for module in pure}
     for name in kernels.__all__:
         if name == "sparse_tokens":
             continue
-        module = "monet_reference" if hasattr(reference, name) else "monet_sparse" if hasattr(sparse, name) else None
+        module = next((m for m, source in pure.items() if hasattr(source, name)), None)
         if module is None:
             raise RuntimeError(f"monet_edit.kernels.{name} has no pure-torch definition to write into checkpoints")
         names[module].append(name)

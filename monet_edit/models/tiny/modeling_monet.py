@@ -1,9 +1,9 @@
 """Monet for transformers: `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`.
 
 A PreTrainedModel + GenerationMixin shell around monet_model.py, which monet-edit copied (with
-monet_kernels.py, monet_reference.py and monet_sparse.py) from its own source when it wrote this
-checkpoint, so the forward pass is the one monet-edit's `load_model` runs, on its pure-torch
-kernels. Expert masks stored in model.safetensors (`model.layers.L.router.expert_mask`, bool
+monet_kernels.py, monet_reference.py, monet_sparse.py and monet_routed.py) from its own source
+when it wrote this checkpoint, so the forward pass is the one monet-edit's `load_model` runs, on
+its pure-torch kernels. Expert masks stored in model.safetensors (`model.layers.L.router.expert_mask`, bool
 [E, E], True = masked) load into their group's router and are applied the same way.
 """
 

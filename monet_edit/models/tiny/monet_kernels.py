@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 from .monet_reference import MaskedPairs, VDMix, hd_mix, masked_pairs, route, routing_threshold, vd_mix
 from .monet_sparse import hd_sparse, vd_sparse
+from .monet_routed import Plan, expert_plan, hd_routed, vd_routed
 
 SPARSE_TOKENS = 4  # at most this many tokens take the sparse expert path
 
@@ -16,13 +17,17 @@ def sparse_tokens() -> int:
 
 kernels = SimpleNamespace(
     MaskedPairs=MaskedPairs,
+    Plan=Plan,
     VDMix=VDMix,
+    expert_plan=expert_plan,
     hd_mix=hd_mix,
+    hd_routed=hd_routed,
     hd_sparse=hd_sparse,
     masked_pairs=masked_pairs,
     route=route,
     routing_threshold=routing_threshold,
     sparse_tokens=sparse_tokens,
     vd_mix=vd_mix,
+    vd_routed=vd_routed,
     vd_sparse=vd_sparse,
 )

@@ -5,9 +5,11 @@
 These functions define the semantics every accelerated kernel is tested against. Shapes use
 N tokens, H router heads, E sub-experts per side, m (or m/2) activation width per sub-expert.
 
-Masking (DESIGN.md section 2) never expands the E*E experts: only the pairs (i, j) where both
-g1[h, i] and g2[h, j] are non-zero can carry weight, at most H*k1*k2 per token, and the masked
-part of those is subtracted from the mixed activations before the output projection.
+Masks and per-expert scales never expand the E*E experts: expert (i, j)
+runs with weight a_ij G_ij (a = 0 masked, 1 unchanged), and only the pairs (i, j) where both
+g1[h, i] and g2[h, j] are non-zero can carry weight, at most H*k1*k2 per token, so the removed
+share (1 - a_ij) g1 g2 of those alone is subtracted from the mixed activations before the output
+projection. A mask is the scale a = 0.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ def route(z: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor
 
 
 class MaskedPairs(NamedTuple):
-    """The masked share of the active expert pairs of each token and head.
+    """The share of the active expert pairs of each token and head that masks and scales remove.
 
     idx1: [N, H, K1] g1-side sub-expert ids; idx2: [N, H, K2] g2-side ids;
-    weight: [N, H, K1, K2] = g1[h, idx1] * g2[h, idx2] where (idx1, idx2) is masked, else 0.
-    Summing weight over heads gives the composite G_ij of each masked active expert.
+    weight: [N, H, K1, K2] = (1 - a_ij) * g1[h, idx1] * g2[h, idx2] for (i, j) = (idx1, idx2),
+    a_ij the expert's scale (0 where masked), so 0 for every expert left unchanged. Summing weight
+    over heads gives (1 - a_ij) G_ij of each changed active expert.
     """
 
     idx1: torch.Tensor
@@ -60,28 +63,48 @@ def _active(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, ids
 
 
-def masked_pairs(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor) -> MaskedPairs | None:
-    """Active (token, head, i, j) pairs whose expert is masked; None when nothing masked is active."""
+def pair_cut(mask: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor | None:
+    """1 - a_ij per expert, float [E, E]: 1 where `mask` is True, else 1 - `scale` (None: nothing cut)."""
+    cut = None if scale is None else 1.0 - scale.float()
+    if mask is not None:
+        cut = mask.float() if cut is None else torch.where(mask, 1.0, cut)
+    return cut
+
+
+def masked_pairs(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> MaskedPairs | None:
+    """Active (token, head, i, j) pairs that a mask (bool [E, E], True = masked) or a scale (float
+    [E, E], 1 = unchanged) changes; None when no active pair is changed."""
+    cut = pair_cut(mask, scale)
+    if cut is None:
+        return None
     v1, i1 = _active(g1)
     v2, i2 = _active(g2)
-    E = mask.shape[1]
-    hit = mask.reshape(-1)[(i1.unsqueeze(-1) * E + i2.unsqueeze(-2)).reshape(-1)].view(
-        *i1.shape, i2.shape[-1])
-    if not bool(hit.any()):
+    E = cut.shape[1]
+    flat = (i1.unsqueeze(-1) * E + i2.unsqueeze(-2)).reshape(-1)
+    share = cut.reshape(-1).index_select(0, flat).view(*i1.shape, i2.shape[-1])
+    weight = share.mul_(v1.unsqueeze(-1) * v2.unsqueeze(-2))
+    if not bool(weight.any()):
         return None
-    weight = torch.where(hit, v1.unsqueeze(-1) * v2.unsqueeze(-2), 0.0)
     return MaskedPairs(i1, i2, weight)
 
 
-def _hits(pairs: MaskedPairs, experts1: int, experts2: int
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The masked active pairs as flat row ids n*E1 + i and n*E2 + j, with their weights.
+def hits(pairs: MaskedPairs, experts1: int, experts2: int
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The changed active pairs as flat row ids n*E1 + i and n*E2 + j, with their weights.
 
-    Only the pairs that are masked carry a non-zero weight, a few percent of the active ones, so
-    the correction touches those rows alone instead of every active (token, head, i, j).
+    Only the pairs that a mask or scale changes carry a non-zero weight, a few percent of the
+    active ones, so the correction touches those rows alone instead of every active (token, head, i, j).
     """
-    n, h, a, b = pairs.weight.nonzero(as_tuple=True)
-    return n * experts1 + pairs.idx1[n, h, a], n * experts2 + pairs.idx2[n, h, b], pairs.weight[n, h, a, b]
+    N, H, K1, K2 = pairs.weight.shape
+    flat = pairs.weight.reshape(-1)
+    hit = flat.nonzero().squeeze(1)  # flat position ((n*H + h)*K1 + a)*K2 + b, then 1-d gathers only
+    row, b = hit // K2, hit % K2
+    nh, a = row // K1, row % K1
+    n = nh // H
+    i = pairs.idx1.reshape(-1).index_select(0, nh * K1 + a)
+    j = pairs.idx2.reshape(-1).index_select(0, nh * K2 + b)
+    return n * experts1 + i, n * experts2 + j, flat.index_select(0, hit)
 
 
 def _subtract_rows(out: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, src: torch.Tensor | None = None,
@@ -99,8 +122,8 @@ def hd_mix(a: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, pairs: MaskedPai
     """Horizontal decomposition mixing.
 
     a: [N, E, m] = relu2(U x + c) per g1-side sub-expert. Returns (slots [N, E, m], bias [N, E]):
-    the layer output is V . flatten(slots) + bias @ b, with slot j = sum_i G_ij a_i over unmasked
-    experts and bias[j] = sum_i G_ij.
+    the layer output is V . flatten(slots) + bias @ b, with slot j = sum_i a_ij G_ij a_i and
+    bias[j] = sum_i a_ij G_ij (a_ij = 1 unless `pairs` changes expert (i, j)).
     """
     g1 = g1.to(a.dtype)
     g2 = g2.to(a.dtype)
@@ -108,7 +131,7 @@ def hd_mix(a: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, pairs: MaskedPai
     slots = torch.bmm(g2.transpose(1, 2), z)          # [N, E, m]: sum_h g2[h, j] z_h
     bias = g2.sum(1)                                  # [N, E]
     if pairs is not None:
-        rows1, rows2, w = _hits(pairs, g1.shape[-1], g2.shape[-1])
+        rows1, rows2, w = hits(pairs, g1.shape[-1], g2.shape[-1])
         w = w.to(a.dtype)
         _subtract_rows(slots, rows2, w, a, rows1)
         _subtract_rows(bias, rows2, w)
@@ -138,7 +161,7 @@ def vd_mix(a1: torch.Tensor, a2: torch.Tensor, g1: torch.Tensor, g2: torch.Tenso
     top_cross = torch.bmm(g1.transpose(1, 2), z2)     # slot i: sum_h g1[h,i] sum_j g2[h,j] a2_j
     bottom_cross = torch.bmm(g2.transpose(1, 2), z1)  # slot j: sum_h g2[h,j] sum_i g1[h,i] a1_i
     if pairs is not None:
-        rows1, rows2, w = _hits(pairs, g1.shape[-1], g2.shape[-1])
+        rows1, rows2, w = hits(pairs, g1.shape[-1], g2.shape[-1])
         w = w.to(a1.dtype)
         _subtract_rows(r1, rows1, w)
         _subtract_rows(r2, rows2, w)
