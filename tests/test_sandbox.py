@@ -46,6 +46,14 @@ def test_a_plain_program_passes_and_a_failing_one_fails(box):
     assert bad.status == "failed" and bad.reason() == "AssertionError: wrong"
 
 
+@pytest.mark.parametrize("leave", ["import sys\nsys.exit(0)", "exit()", "quit()", "import os\nos._exit(0)",
+                                   "raise SystemExit", "def f():\n    exit(0)\nf()"])
+def test_leaving_before_the_end_fails_even_with_status_0(box, leave):
+    out = box.run(f"{leave}\nprint('end reached')\n")
+    assert out.status == "failed" and "before the end" in out.reason(), out
+    assert "end reached" not in out.output
+
+
 def test_infinite_loop_hits_the_cpu_limit(box):
     out = box.run("while True:\n    pass\n")
     assert out.status == "failed" and "SIGXCPU" in out.reason(), out

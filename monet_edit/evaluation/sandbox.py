@@ -47,10 +47,12 @@ ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 SIGNAL_NUMBERS = frozenset(int(s) for s in signal.Signals)
 LIMIT_SIGNALS = {signal.SIGXCPU: "CPU time limit", signal.SIGXFSZ: "file size limit"}
 
-# Trusted: reads the program from stdin, forks it with the limits set, reaps every child (it is
-# pid 1 of the sandbox) and exits with the program's status (128 + n for a death by signal n).
+# Trusted: reads the program from stdin and forks it with the limits set; as pid 1 of the sandbox
+# it reaps every child. It exits 0 only when the program ran to its end (so an early sys.exit(0),
+# exit() or os._exit(0) fails), else with the program's status (128 + n for a death by signal n).
 RUNNER = """\
 import os, resource as r, sys
+DONE = 86
 limits = [int(v) for v in sys.argv[1:6]]
 src = sys.stdin.read()
 null = os.open(os.devnull, os.O_RDONLY)
@@ -62,16 +64,19 @@ if program:
         pid, status = os.wait()
         if pid == program:
             code = os.waitstatus_to_exitcode(status)
-            os._exit(code if code >= 0 else 128 - code)
+            if code == 0:
+                sys.stderr.write("exited with status 0 before the end of the program\\n")
+            os._exit(0 if code == DONE else 1 if code == 0 else code if code > 0 else 128 - code)
 cpu, mem, fsize, nproc, nofile = limits
 for res, soft, hard in ((r.RLIMIT_CPU, cpu, cpu + 1), (r.RLIMIT_AS, mem, mem), (r.RLIMIT_FSIZE, fsize, fsize),
                         (r.RLIMIT_NPROC, nproc, nproc), (r.RLIMIT_NOFILE, nofile, nofile), (r.RLIMIT_CORE, 0, 0)):
     r.setrlimit(res, (soft, hard))
 sys.argv = ["main.py"]
 sys.stdout.reconfigure(line_buffering=True)  # stdout and stderr share a file: keep their order
-code = compile(src, "main.py", "exec")
-del os, r, limits, src, null, program, cpu, mem, fsize, nproc, nofile, res, soft, hard
-exec(code, {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
+exec(compile(src, "main.py", "exec"), {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(DONE)
 """
 
 # Must print "isolated": only a loopback interface and no route out, its own pid namespace, not root.
