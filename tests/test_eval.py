@@ -13,11 +13,12 @@ from helpers import random_mask, tiny_config
 
 from monet_edit.errors import UsageError
 from monet_edit.evaluation import EvalParams, prepare, target_from_name
-from monet_edit.evaluation import mcq as mcq_mod
 from monet_edit.evaluation import results as report
 from monet_edit.evaluation import summary as summary_mod
-from monet_edit.evaluation import toxicity as tox
 from monet_edit.evaluation.compare import evaluate
+from monet_edit.evaluation.suites import loss as loss_suite
+from monet_edit.evaluation.suites import mcq as mcq_mod
+from monet_edit.evaluation.suites import toxicity as tox
 from monet_edit.model.loading import load_model, load_tokenizer
 
 SMALL = dict(tokens=300, seq_len=32, batch_size=16, mcq_items=3, prompts=2, samples=2, max_new_tokens=4)
@@ -126,7 +127,7 @@ def test_non_finite_numbers_become_null():
     (0.5, None, None),
 ])
 def test_selectivity_edge_cases(target, others, expected):
-    value, note = summary_mod.selectivity(target, others)
+    value, note = loss_suite.selectivity(target, others)
     assert value == (pytest.approx(expected) if expected not in (None, math.inf) else expected)
     assert (note is None) == (expected not in (None, math.inf))
 
@@ -141,9 +142,9 @@ def test_summary_numbers():
             "general": {"before": side(4.0, 0.2), "after": side(4.2, 0.2)}}
     mcq = {"law": {"before": {"accuracy": 0.5, "n": 4}, "after": {"accuracy": 0.25, "n": 4}},
            "math": {"before": {"accuracy": 0.5, "n": 4}, "after": {"accuracy": 0.75, "n": 4}}}
-    s, notes = summary_mod.summarise("law", loss, mcq, {}, masked=10, total=200)
+    s, notes = summary_mod.summarise("law", {"loss": loss, "mcq": mcq}, masked=10, total=200)
     assert s["target_loss_delta"] == pytest.approx(1.0) and s["others_loss_delta"] == pytest.approx(0.2)
-    assert s["selectivity"] == pytest.approx(5.0) and not notes
+    assert s["selectivity"] == pytest.approx(5.0) and not [n for n in notes if "selectivity" in n]
     assert s["others_accuracy_delta"] == pytest.approx(-0.1)
     assert s["general_loss_rel"] == pytest.approx(0.05) and s["target_loss_rel"] == pytest.approx(0.5)
     assert s["target_mcq_delta"] == pytest.approx(-0.25) and s["others_mcq_delta"] == pytest.approx(0.25)
@@ -151,16 +152,16 @@ def test_summary_numbers():
 
 
 def test_summary_keys_are_gate_metrics():
-    from monet_edit.evaluation.gates import METRICS
+    from monet_edit.evaluation.gates import metrics
 
     side = {"loss": 1.0, "accuracy": 0.5}
     loss = {n: {"before": side, "after": side} for n in ("toxicity", "general")}
     tm = {"expected_max_toxicity": 0.5, "toxicity_probability": 0.5, "prompts": 2}
     tox = {"before": {"toxic": tm, "nontoxic": tm}, "after": {"toxic": tm, "nontoxic": tm}}
     mcq = {"law": {"before": {"accuracy": 0.5, "n": 1}, "after": {"accuracy": 0.5, "n": 1}}}
-    s, _ = summary_mod.summarise("toxicity", loss, {}, tox, 0, 1)
-    s2, _ = summary_mod.summarise("law", {}, mcq, {}, 0, 1)
-    assert set(s) | set(s2) == set(METRICS)
+    s, _ = summary_mod.summarise("toxicity", {"loss": loss, "toxicity": tox}, 0, 1)
+    s2, _ = summary_mod.summarise("law", {"mcq": mcq}, 0, 1)
+    assert set(s) | set(s2) == set(metrics())
 
 
 def test_mcq_logliks_match_unpadded_scoring(tiny_ckpt):

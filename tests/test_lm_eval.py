@@ -14,8 +14,9 @@ from lm_eval.api.instance import Instance  # a dev dependency: missing means a b
 from test_eval import _shared_home, copies, masked_copy, shared_home  # noqa: F401  (fixtures)
 
 from monet_edit.errors import UsageError
-from monet_edit.evaluation import harness, mcq
+from monet_edit.evaluation import harness
 from monet_edit.evaluation.harness_lm import MonetLM
+from monet_edit.evaluation.suites import mcq
 from monet_edit.model.generate import sample
 from monet_edit.model.loading import load_model, load_tokenizer
 

@@ -11,10 +11,11 @@ import torch
 from clirun import assert_clean_error, cli
 from helpers import random_model, tiny_config
 
-from monet_edit import profiling
+from monet_edit import corpora, profiling
 from monet_edit.errors import UsageError
 from monet_edit.model import checkpoint
 from monet_edit.model.loading import load_model, load_tokenizer
+from monet_edit.profiling import stats
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +71,11 @@ def test_group_statistics_match_the_slow_reference():
     G = torch.einsum("nhi,nhj->nij", g1, g2)[:, None]
     ref = reference(G, y)
     for chunk in (1 << 22, 36 * 7, 36):  # whole batch, 7 tokens and 1 token per chunk: same answer
-        profiling.CHUNK_ELEMENTS, old = chunk, profiling.CHUNK_ELEMENTS
+        stats.CHUNK_ELEMENTS, old = chunk, stats.CHUNK_ELEMENTS
         try:
             prof = profiling.group_stats(g1, g2, y)
         finally:
-            profiling.CHUNK_ELEMENTS = old
+            stats.CHUNK_ELEMENTS = old
         assert_matches(prof, ref)
         ok = ref["M2"] > 0
         torch.testing.assert_close(prof.pearson()[ok], ref["r"][ok], rtol=0, atol=1e-9)
@@ -229,10 +230,10 @@ def test_file_round_trip_is_deterministic_and_validated(model, tmp_path):
 
 def test_split_profile_docs_is_disjoint_and_stable():
     docs = [{"id": f"law/{i}", "text": "x"} for i in range(200)]
-    fit, hold = profiling.split_profile_docs(docs)
+    fit, hold = corpora.split_profile_docs(docs)
     assert len(fit) + len(hold) == 200 and 20 < len(hold) < 60
     assert not {d["id"] for d in fit} & {d["id"] for d in hold}
-    assert profiling.split_profile_docs(list(reversed(docs)))[1] == list(reversed(hold))
+    assert corpora.split_profile_docs(list(reversed(docs)))[1] == list(reversed(hold))
 
 
 def test_ensure_profiles_computes_once_then_reuses(tiny_ckpt, tmp_path):
@@ -249,7 +250,7 @@ def test_ensure_profiles_computes_once_then_reuses(tiny_ckpt, tmp_path):
     # the profile is the statistics of the fit part of the profile split, recomputed directly
     from monet_edit import corpora
 
-    fit, _ = profiling.split_profile_docs(corpora.load_split("law", "profile"))
+    fit, _ = corpora.split_profile_docs(corpora.load_split("law", "profile"))
     direct = profiling.profile_corpus(
         load_model(tiny_ckpt), load_tokenizer(tiny_ckpt), fit, tokens=600, seq_len=32, meta={}
     )

@@ -85,8 +85,8 @@ def check_experts(config, experts: list[tuple[int, int, int]]) -> None:
 def corpus_rows(tokenizer, corpus: str, *, tokens: int, seq_len: int, split: str = "profile"):
     """Rows [N, seq_len] of a corpus split's tokens (a registered name or a user corpus path),
     and the corpus's fingerprint."""
+    from ..corpora import open_corpus
     from ..model.scoring import rows, token_stream
-    from ..profiling import open_corpus
 
     built = open_corpus(corpus)
     stream = token_stream(tokenizer, built.load(split), tokens)

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from ..errors import MonetEditError
-from ..infra.console import alert, emit_json, err
+from ..infra.console import alert, err
 
 HELP = """Knowledge editing of Monet (Mixture of Monosemantic Experts) language models.
 
@@ -32,61 +32,23 @@ Examples:
   monet-edit run law                        # profile -> mask -> resect -> eval -> gate from a recipe
 """
 
+def _bare_flags() -> None:
+    """typer 0.29 prints `<bool>` after every flag (--force <bool>), as if it took a value: show
+    flags bare, as click and argparse do."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display
+
+
+_bare_flags()
+
 app = typer.Typer(name="monet-edit", help=HELP, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode="rich")
-
-MODEL_HELP = "Checkpoint directory, packaged model name (tiny) or Hugging Face Hub id."
-
-
-@app.command()
-def info(
-    model: str = typer.Argument("tiny", help=MODEL_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
-) -> None:
-    """Describe a checkpoint: decomposition, sizes, routing groups, masks, parameters, sha256."""
-    from ..model.info import describe
-
-    data = describe(model)
-    if json_out:
-        emit_json(data)
-        return
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None)
-    for key, value in data.items():
-        if key == "parameters":
-            value = f"{value:,}"
-        table.add_row(key, "" if value is None else str(value))
-    err.print(table)
-
-
-@app.command()
-def generate(
-    model: str = typer.Argument("tiny", help=MODEL_HELP),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="Tokens to sample."),
-    temperature: float = typer.Option(0.8, "--temperature", help="0 = greedy."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass."),
-    seed: int = typer.Option(0, "--seed"),
-    mask: str = typer.Option(None, "--mask", help="Mask file to apply on top of the model's own."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
-) -> None:
-    """Sample a continuation of PROMPT (prompt and continuation on stdout)."""
-    from ..model import generate as gen
-    from ..model import loading
-
-    net = loading.load_model(model, mask=mask)
-    tok = loading.load_tokenizer(model)
-    ids = tok.encode(prompt)
-    rows = gen.sample(net, ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                      top_p=top_p, seed=seed, eos_id=tok.eos_id)
-    text = tok.decode(rows[0])
-    if json_out:
-        emit_json({"prompt": prompt, "completion": text, "seed": seed, "temperature": temperature,
-                   "top_p": top_p, "tokens": len(rows[0])})
-    else:
-        sys.stdout.write(prompt + text + "\n")
-
 
 def _register_subcommands() -> None:
     from .commands import register_all

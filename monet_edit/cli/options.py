@@ -5,15 +5,20 @@ No torch at import time: library modules are imported inside the functions.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shlex
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import typer
 
 from ..infra.console import err
 
-MODEL = typer.Option("tiny", "--model", help="Checkpoint directory, packaged model name (tiny) or Hub id.")
+MODEL_HELP = "Checkpoint directory, packaged model name (tiny) or Hugging Face Hub id."
+MODEL = typer.Option("tiny", "--model", help=MODEL_HELP)
+MODEL_ARGUMENT = typer.Argument("tiny", help=MODEL_HELP)
 DOMAIN = typer.Option(None, "--domain", help="Target MMLU-Pro category (law, math, ...).")
 LANGUAGE = typer.Option(
     None, "--language", help="Target language: python, c, go, rust, perl, javascript, en, de, fr, es, it, pt."
@@ -44,6 +49,20 @@ NPROC = typer.Option(
 RESUME = typer.Option(
     False, "--resume", help="Keep the shards an interrupted run completed (default: start over)."
 )
+
+
+def hidden_alias(flag: str, new: str):
+    """An old flag name kept for one release: hidden from --help, same meaning as `new`."""
+    return typer.Option(None, flag, hidden=True, help=f"Old name of {new}.")
+
+
+def merge_alias(value, old_value, old: str, new: str):
+    """The value of `new`, or of its hidden alias `old` (not both)."""
+    from ..errors import UsageError
+
+    if old_value is not None and value is not None:
+        raise UsageError(f"{old} is the old name of {new}; give one of them")
+    return value if value is not None else old_value
 
 
 def maybe_launch(ctx: typer.Context, nproc: int | None) -> None:
@@ -122,3 +141,27 @@ def print_counts(counts: list[int], per_group: int) -> None:
     total = sum(counts)
     table.add_row("all", f"{total:,}", f"{total / (per_group * len(counts)):.2%}")
     err.print(table)
+
+
+def with_params(params: Callable[[], Iterable], into: str) -> Callable:
+    """Add one CLI option per declared Param (monet_edit.infra.params) to a command, and hand
+    their values to it as one dict argument `into` (so the flags come from the registries)."""
+
+    def decorate(fn: Callable) -> Callable:
+        declared = list(params())
+        sig = inspect.signature(fn)
+        extra = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,
+                                   default=typer.Option(p.default, p.flag, help=p.help),
+                                   annotation=p.type if p.default is not None or not p.optional else p.type | None)
+                 for p in declared]
+        kept = [q for q in sig.parameters.values() if q.name != into]
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            values = {p.name: kwargs.pop(p.name) for p in declared}
+            return fn(*args, **{into: values}, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=[*kept, *extra])
+        return command
+
+    return decorate

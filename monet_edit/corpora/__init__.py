@@ -18,11 +18,13 @@ from .registry import (
     list_corpora,
     names,
 )
+from .resolve import HOLDOUT_EVERY, open_corpus, split_profile_docs
 from .store import BuiltCorpus, build, cache_dir, cached, load_split
 from .user import user_corpus
 
 __all__ = [
     "FAMILIES",
+    "HOLDOUT_EVERY",
     "KINDS",
     "SPLITS",
     "WEAK_LABELS",
@@ -36,5 +38,7 @@ __all__ = [
     "list_corpora",
     "load_split",
     "names",
+    "open_corpus",
+    "split_profile_docs",
     "user_corpus",
 ]

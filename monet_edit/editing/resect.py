@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..infra import atomic, provenance
+from ..infra.provenance import RECORD_KEY
 from ..model import checkpoint, modelcard, remote_code
 from ..model import masks as masks_mod
 
@@ -154,12 +155,12 @@ def resect(
         "eval": eval_summary,
         "provenance": provenance.record(),
     }
-    if "monet_edit" in raw_config:
-        record["previous"] = raw_config["monet_edit"]
-    raw_config["monet_edit"] = record
+    if RECORD_KEY in raw_config:
+        record["previous"] = raw_config[RECORD_KEY]
+    raw_config[RECORD_KEY] = record
     raw_config = remote_code.with_auto_map(raw_config)
     base_meta = checkpoint.file_metadata(checkpoint.weight_files(base)[0])
-    base_meta.pop("monet_edit", None)
+    base_meta.pop(RECORD_KEY, None)
     with atomic.output_dir(out, force) as tmp:
         hashes = {
             checkpoint.WEIGHTS: write_weights(

@@ -12,91 +12,39 @@ from ..infra import provenance
 from ..infra.distributed import Group
 from ..infra.journal import Journal
 from ..model import checkpoint
+from . import suites
 from . import summary as summary_mod
-from .plan import EvalParams, Target, loss_corpora
+from .plan import EvalParams, Target
 
 MAX_SEQ_LEN = 256
-SUITES = ("loss", "mcq", "toxicity")
 
 
 def load_data(target: Target, params: EvalParams, tokenizer, seq_len: int) -> dict:
-    """Everything the suites read, prepared once for both models: loss rows, MCQ items, prompts."""
-    from ..corpora import build, user_corpus
-    from ..model.scoring import rows, token_stream
-
-    data: dict = {"fingerprints": {}, "loss": {}, "mcq": {}, "prompts": None}
-    if "loss" in params.suites:
-        for name in loss_corpora(target):
-            built = user_corpus(name) if target.kind == "corpus" and name == target.name else build(name)
-            data["fingerprints"][name] = built.fingerprint
-            stream = token_stream(tokenizer, built.load("eval"), params.tokens)
-            data["loss"][name] = rows(stream, seq_len, f"{name} (eval split)")
-    if "mcq" in params.suites:
-        from ..corpora import names
-
-        for name in names("domain"):
-            built = build(name)
-            data["fingerprints"][name] = built.fingerprint
-            data["mcq"][name] = built.load("eval")[: params.mcq_items]
-    if "toxicity" in params.suites:
-        from . import toxicity
-
-        built = build("toxicity")
-        data["fingerprints"]["toxicity"] = built.fingerprint
-        data["prompts"] = toxicity.select_prompts(built.load("eval"), params.prompts)
+    """Every suite's data, prepared once for both models: {"suites": {name: data}, "fingerprints"}."""
+    data: dict = {"suites": {}, "fingerprints": {}}
+    for name in params.suites:
+        data["suites"][name], fingerprints = suites.get(name).load(target, params, tokenizer, seq_len)
+        data["fingerprints"].update(fingerprints)
     return data
-
-
-def _loss(model, batch_rows, params: EvalParams, group: Group) -> dict:
-    """Loss sums of this rank's batches, all-reduced (nll as float64, counts exact)."""
-    import torch
-
-    from ..model.scoring import LossSums, loss_sums
-
-    mine = torch.tensor(group.take(batch_rows.shape[0], params.batch_size), dtype=torch.long)
-    local = loss_sums(model, batch_rows[mine], params.batch_size)
-    nll, correct, tokens = group.sum_numbers([local.nll, local.correct, local.tokens])
-    return LossSums(nll, int(correct), int(tokens)).to_dict()
-
-
-def run_suite(suite: str, model, tokenizer, data: dict, params: EvalParams, group: Group) -> dict:
-    """One suite on one model, data-parallel over `group` (each rank a share, sums reduced)."""
-    from . import mcq, toxicity
-
-    if suite == "loss":
-        return {name: _loss(model, batch_rows, params, group) for name, batch_rows in data["loss"].items()}
-    if suite == "mcq":
-        return {name: mcq.result(*group.sum_numbers(mcq.tally(model, tokenizer, [docs[i] for i in group.take(len(docs))])))
-                for name, docs in data["mcq"].items()}
-    return toxicity.score(model, tokenizer, data["prompts"], samples=params.samples,
-                          max_new_tokens=params.max_new_tokens, seed=params.seed, group=group)
-
-
-def _describe(suite: str, data: dict, params: EvalParams) -> str:
-    if suite == "loss":
-        return f"{len(data['loss'])} corpora, {sum(r[:, 1:].numel() for r in data['loss'].values()):,} tokens"
-    if suite == "mcq":
-        return f"{sum(len(d) for d in data['mcq'].values())} questions"
-    return f"{sum(len(p) for p in data['prompts'].values())} prompts x {params.samples} samples"
 
 
 def run_suites(model, tokenizer, data: dict, params: EvalParams, log: Callable[[str], None], *,
                side: str = "model", group: Group | None = None, journal: Journal | None = None) -> dict:
-    """Every suite with data on one model; a suite already in `journal` is read, not recomputed."""
+    """Every suite on one model, data-parallel over `group`; one already in `journal` is read, not rerun."""
     group = group or Group()
-    present = {"loss": bool(data["loss"]), "mcq": bool(data["mcq"]), "toxicity": data["prompts"] is not None}
     out: dict = {}
-    for suite in (s for s in SUITES if present[s]):
-        part = f"{side}-{suite}.json"
+    for name, suite_data in data["suites"].items():
+        suite = suites.get(name)
+        part = f"{side}-{name}.json"
         if journal is not None and journal.has(part):
-            out[suite] = group.on_main(lambda part=part: json.loads(journal.path(part).read_text("utf-8")))
-            log(f"  {suite}: kept from the interrupted run")
+            out[name] = group.on_main(lambda part=part: json.loads(journal.path(part).read_text("utf-8")))
+            log(f"  {name}: kept from the interrupted run")
             continue
         started = time.perf_counter()
-        out[suite] = run_suite(suite, model, tokenizer, data, params, group)
+        out[name] = suite.run(model, tokenizer, suite_data, params, group)
         if journal is not None:
-            journal.write(part, json.dumps(out[suite], sort_keys=True).encode("utf-8"))
-        log(f"  {suite}: {_describe(suite, data, params)} in {time.perf_counter() - started:.1f} s")
+            journal.write(part, json.dumps(out[name], sort_keys=True).encode("utf-8"))
+        log(f"  {name}: {suite.describe(suite_data, params)} in {time.perf_counter() - started:.1f} s")
     if params.lm_eval:  # whole on rank 0, shared with the others: lm-eval returns results on LOCAL_RANK 0 only
         from . import harness
 
@@ -184,17 +132,8 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
         sides[side] = run_suites(model, tokenizer, data, params, log, side=side, group=group, journal=journal)
         del model
     b, a = sides["before"], sides["after"]
-    loss = _side_by_side(b["loss"], a["loss"]) if "loss" in b else {}
-    mcq = _side_by_side(b["mcq"], a["mcq"]) if "mcq" in b else {}
-    tox = {"before": b["toxicity"], "after": a["toxicity"]} if "toxicity" in b else {}
-    summary, notes = summary_mod.summarise(target.name, loss, mcq, tox, *masked)
-    if tox:
-        from ..corpora.labels import WEAK_NOTE
-
-        notes.append(f"toxicity scorer: {WEAK_NOTE}")
-    if mcq:
-        notes.append("multiple choice: summed answer log-likelihood, not length-normalised "
-                     "(accuracy_norm: per character); chance is 0.25")
+    entries = {name: suites.get(name).combine(b[name], a[name]) for name in params.suites}
+    summary, notes = summary_mod.summarise(target.name, entries, *masked)
     if "lm_eval" in b:
         notes.append(f"lm-eval: zero-shot unless a task sets num_fewshot, {params.lm_eval_limit or 'all'} "
                      "documents per task at most; no standard errors")
@@ -207,10 +146,8 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
         "target": {"name": target.name, "kind": target.kind, "references": list(target.references)},
         "parameters": dict(params.to_dict(), seq_len=seq_len),
         "corpora": data["fingerprints"],
-        "prompts": data["prompts"],
-        "loss": loss,
-        "mcq": mcq,
-        "toxicity": tox,
+        "prompts": data["suites"].get("toxicity"),  # the sampled prompts, for reproduction
+        **{name: entries.get(name, {}) for name in suites.registry()},
         "lm_eval": _side_by_side(b["lm_eval"], a["lm_eval"]) if "lm_eval" in b else {},
         "summary": summary,
         "notes": notes,

@@ -18,7 +18,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import normalize_gen_kwargs
 
 from ..model.generate import sample
-from .mcq import continuation_logliks
+from .suites.mcq import continuation_logliks
 
 
 class MonetLM(TemplateLM):

@@ -5,49 +5,60 @@ input fails before minutes of computation."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..infra.params import Param, at_least, by_name
+from ..infra.provenance import RECORD_KEY
 from ..model import checkpoint
 from ..selection import targets
 from ..selection.targets import Target
+from . import suites as suites_mod
 
-SUITES = ("loss", "mcq", "toxicity")
-RECORD_KEY = "monet_edit"  # the edit record inside a resected checkpoint's config.json
-
-
-def loss_corpora(target: Target) -> list[str]:
-    """Corpora scored for loss: the target, its references (siblings of the same kind), then general."""
-    return list(dict.fromkeys([*target.corpora, "general"]))
-
-
-def default_suites(target: Target) -> tuple[str, ...]:
-    return {"domain": ("loss", "mcq"), "toxicity": ("loss", "toxicity")}.get(target.kind, ("loss",))
+COMMON = (  # knobs every suite shares; each suite declares its own in evaluation/suites
+    Param("seq_len", int, None, "Tokens per row (default min(256, model positions)).", at_least(2),
+          "at least 2", optional=True),
+    Param("batch_size", int, 8, "Rows per forward pass.", at_least(1), "at least 1"),
+    Param("seed", int, 0, "Seed for sampling (same for base and edited)."),
+)
 
 
-@dataclass(frozen=True)
+def all_params() -> dict[str, Param]:
+    """Every evaluation knob by name: the common ones, then each registered suite's."""
+    return by_name([*COMMON, *suites_mod.params().values()], "evaluation")
+
+
 class EvalParams:
-    """Every knob of an evaluation; recorded verbatim in the results."""
+    """Every knob of an evaluation (the common ones and every suite's, defaults filled in), read as
+    attributes; recorded verbatim in the results."""
 
-    suites: tuple[str, ...]
-    tokens: int = 20_000  # eval tokens per corpus (loss suite)
-    seq_len: int | None = None  # None: min(256, the model's positions)
-    batch_size: int = 8
-    mcq_items: int = 100  # questions per category (mcq suite)
-    prompts: int = 25  # toxic and non-toxic prompts each (toxicity suite)
-    samples: int = 5  # continuations per prompt
-    max_new_tokens: int = 20
-    seed: int = 0
-    lm_eval: tuple[str, ...] = ()  # lm-evaluation-harness tasks (harness.py), run besides the suites
-    lm_eval_include: str | None = None  # a directory of user task YAMLs
-    lm_eval_limit: int | None = None  # documents per lm-eval task (None: all)
+    def __init__(self, suites: tuple[str, ...], *, lm_eval: tuple[str, ...] = (), lm_eval_include: str | None = None,
+                 lm_eval_limit: int | None = None, **values) -> None:
+        known = all_params()
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise TypeError(f"unknown evaluation parameter(s): {', '.join(unknown)}")
+        self.suites = tuple(suites)
+        self.lm_eval = tuple(lm_eval)  # lm-evaluation-harness tasks (harness.py), run besides the suites
+        self.lm_eval_include = lm_eval_include  # a directory of user task YAMLs
+        self.lm_eval_limit = lm_eval_limit  # documents per lm-eval task (None: all)
+        self.values = {name: values.get(name, p.default) for name, p in known.items()}
+
+    def __getattr__(self, name: str):
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EvalParams) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"EvalParams({self.to_dict()})"
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["suites"] = list(self.suites)
-        out["lm_eval"] = list(self.lm_eval)
-        return out
+        return {"suites": list(self.suites), **self.values, "lm_eval": list(self.lm_eval),
+                "lm_eval_include": self.lm_eval_include, "lm_eval_limit": self.lm_eval_limit}
 
 
 def target_from_name(name: str) -> Target:
@@ -69,23 +80,18 @@ def target_from_name(name: str) -> Target:
 
 def parse_suites(text: str | None, target: Target) -> tuple[str, ...]:
     if text is None or not text.strip():
-        return default_suites(target)
-    suites = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-    for s in suites:
-        if s not in SUITES:
-            raise UsageError(f"--suite: unknown suite {s!r} (choose from {', '.join(SUITES)})")
-    if "mcq" in suites and target.kind != "domain":
-        raise UsageError(f"--suite mcq needs a domain target (multiple choice comes from the MMLU "
-                         f"domains), not {target.kind} {target.name}")
-    return suites
+        return suites_mod.defaults(target)
+    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    for name in names:
+        why = suites_mod.get(name).requires(target)
+        if why:
+            raise UsageError(why)
+    return names
 
 
 def check_params(params: EvalParams) -> None:
-    for key in ("tokens", "batch_size", "mcq_items", "prompts", "samples", "max_new_tokens"):
-        if getattr(params, key) < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(params, key)}")
-    if params.seq_len is not None and params.seq_len < 2:
-        raise UsageError(f"--seq-len must be at least 2, got {params.seq_len}")
+    for name, p in all_params().items():
+        p.validate(params.values[name])
     if params.lm_eval_limit is not None and params.lm_eval_limit < 1:
         raise UsageError(f"--lm-eval-limit must be at least 1, got {params.lm_eval_limit}")
     if (params.lm_eval_include is not None or params.lm_eval_limit is not None) and not params.lm_eval:

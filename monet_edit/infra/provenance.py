@@ -14,6 +14,10 @@ from typing import Any
 
 from .._version import __version__
 
+# The one key under which monet-edit stores what it made: the edit record in a checkpoint's
+# config.json, and the JSON metadata of its safetensors outputs (profiles, masks).
+RECORD_KEY = "monet_edit"
+
 
 @functools.lru_cache(maxsize=1)
 def git_revision() -> str:

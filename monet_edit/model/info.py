@@ -6,6 +6,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
+from ..infra.provenance import RECORD_KEY
 from . import checkpoint
 
 
@@ -46,5 +47,5 @@ def describe(source: str | Path) -> dict[str, Any]:
         "masked_experts_per_group": masked,
         "masked_fraction": sum(masked) / (cfg.num_experts * cfg.num_groups),
         "weights_sha256": checkpoint.model_fingerprint(directory),
-        "edit": cfg.extra.get("monet_edit"),
+        "edit": cfg.extra.get(RECORD_KEY),
     }

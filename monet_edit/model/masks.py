@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..infra.provenance import RECORD_KEY
 from .config import MonetConfig
 
 KEY = re.compile(r"^group\.(\d+)$")
-META_KEY = "monet_edit"
 
 
 def normalise(masks: Any, config: MonetConfig, where: str = "mask") -> dict:
@@ -51,7 +51,7 @@ def save(path: str | Path, masks: dict, config: MonetConfig, meta: dict[str, Any
     tensors = {f"group.{g}": masks.get(g, torch.zeros(E, E, dtype=torch.bool)).contiguous()
                for g in range(config.num_groups)}
     meta = dict(meta, experts_per_side=E, groups=config.num_groups, counts=counts(masks, config))
-    data = save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    data = save(tensors, metadata={RECORD_KEY: json.dumps(meta, sort_keys=True)})
     return atomic.write_bytes(path, data)
 
 
@@ -59,7 +59,7 @@ def load(path: str | Path, config: MonetConfig | None = None) -> tuple[dict, dic
     """Read a mask file; with `config`, check it fits the model. Returns (masks, metadata)."""
     from .checkpoint import read_tagged
 
-    tensors, meta = read_tagged(path, META_KEY, "mask file")
+    tensors, meta = read_tagged(path, RECORD_KEY, "mask file")
     if meta is not None and not isinstance(meta, dict):
         raise UsageError(f"{path}: mask file metadata is not a JSON object")
     masks = {}

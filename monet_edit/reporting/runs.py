@@ -22,9 +22,9 @@ from typing import Any
 from ..errors import UsageError
 from ..evaluation.results import RESULTS
 from ..infra import provenance
+from ..infra.provenance import RECORD_KEY
 from ..model import masks as masks_mod
 
-META_KEY = "monet_edit"
 EXPECTED = ("expected a profile or mask file (.safetensors), a resected checkpoint directory, or eval "
             "results (a directory with results.json)")
 
@@ -86,7 +86,7 @@ def _tagged(path: Path) -> Run:
     from ..model.checkpoint import read_tagged
     from ..profiling import load
 
-    tensors, _ = read_tagged(path, META_KEY, "profile or mask file")
+    tensors, _ = read_tagged(path, RECORD_KEY, "profile or mask file")
     if "S" in tensors:
         profile = load(path)
         run = Run(path, "profile", target=_corpus_ref(profile.meta), model=profile.meta.get("model"))
@@ -112,7 +112,7 @@ def _checkpoint(directory: Path, run: Run | None = None) -> Run:
 
     config_path = directory / "config.json"
     try:
-        record = json.loads(config_path.read_text(encoding="utf-8")).get(META_KEY)
+        record = json.loads(config_path.read_text(encoding="utf-8")).get(RECORD_KEY)
     except (OSError, ValueError, AttributeError):
         raise UsageError(f"{config_path}: not a readable checkpoint config") from None
     if not isinstance(record, dict):

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .. import profiling
+from .. import corpora, profiling
 from ..errors import UsageError
 from ..infra import provenance
 from ..model import checkpoint, scoring
@@ -327,13 +327,13 @@ def files_inputs(model_source, files: list[str | Path]) -> Inputs:
 
 
 def _holdout(name: str, fingerprint: str | None, *, toxic_only: bool = False) -> list[dict]:
-    corpus = profiling.open_corpus(name)
+    corpus = corpora.open_corpus(name)
     if fingerprint is not None and corpus.fingerprint != fingerprint:
         raise UsageError(
             f"corpus {name} changed since it was profiled (fingerprint {corpus.fingerprint[:12]}, "
             f"profile has {fingerprint[:12]}); profile it again"
         )
-    _, held = profiling.split_profile_docs(corpus.load("profile"))
+    _, held = corpora.split_profile_docs(corpus.load("profile"))
     return [d for d in held if d.get("label", 0.0) >= 0.5] if toxic_only else held
 
 

@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import typer
 
-from ...evaluation.gates import METRICS
+from ...evaluation import suites
+from ...evaluation.gates import metrics
+from ...evaluation.plan import all_params
 from .. import options as opt
 
 ORDER = 50
 
 GATE_HELP = ("Comma-separated conditions 'metric OP number' (OP: >=, <=, >, <, ==); exit 3 when one fails. "
-             "Metrics (suite): " + "; ".join(f"{k} ({s or 'always'}): {d}" for k, (s, d) in METRICS.items()))
+             "Metrics (suite): " + "; ".join(f"{k} ({s or 'always'}): {d}" for k, (s, d) in metrics().items()))
 
 
+SUITE_HELP = ("Comma-separated suites: " + "; ".join(f"{s.name} ({s.help})" for s in suites.registry().values())
+              + ". Default: " + ", ".join(f"{kind}: {'+'.join(s.name for s in suites.registry().values() if kind in s.default_for)}"
+                                          for kind in ("domain", "language", "toxicity", "corpus")) + ".")
+
+
+@opt.with_params(lambda: all_params().values(), into="params")
 def eval_command(
     ctx: typer.Context,
     model: str = typer.Option(None, "--model", help="Edited model (default: the checkpoint in the current "
                               "directory, else tiny)."),
     base: str = typer.Option(None, "--base", help="Base model (default: from the edited model's edit record)."),
     target: str = typer.Option(None, "--target", help="Target corpus (default: from the edit record)."),
-    suite: str = typer.Option(None, "--suite", help="Comma-separated suites: loss, mcq, toxicity (default: "
-                              "loss+mcq for domains, loss for languages, loss+toxicity for toxicity)."),
-    tokens: int = typer.Option(20_000, "--tokens", help="Eval tokens per corpus (loss suite)."),
-    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per row (default min(256, model positions))."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Rows per forward pass."),
-    mcq_items: int = typer.Option(100, "--mcq-items", help="Questions per category (mcq suite)."),
-    prompts: int = typer.Option(25, "--prompts", help="Toxic and non-toxic prompts each (toxicity suite)."),
-    samples: int = typer.Option(5, "--samples", help="Continuations sampled per prompt (toxicity suite)."),
-    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Tokens per continuation."),
-    seed: int = typer.Option(0, "--seed", help="Seed for sampling (same for base and edited)."),
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
     lm_eval: str = typer.Option(None, "--lm-eval", help="Comma-separated lm-evaluation-harness tasks (names, "
                                 "or tasks of --lm-eval-include YAMLs), run on both models; needs the optional "
                                 "lm-eval extra."),
@@ -44,6 +43,7 @@ def eval_command(
                             "checkpoint, else ./eval-<model>); an existing one needs --force."),
     force: bool = typer.Option(False, "--force", help="Replace an existing results directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the results JSON on stdout."),
+    params: dict = None,
 ) -> None:
     """Compare an edited model with its base on held-out eval splits (loss, multiple choice, toxicity).
 
@@ -61,9 +61,7 @@ def eval_command(
     # Bad input fails here, once: checked by rank 0 under torchrun, before --nproc launches ranks.
     plan = group.on_main(lambda: prepare(
         model, base, target, suites=suite, gate=gate, out=out, force=force, device=device, resume=resume,
-        tokens=tokens, seq_len=seq_len, batch_size=batch_size, mcq_items=mcq_items, prompts=prompts,
-        samples=samples, max_new_tokens=max_new_tokens, seed=seed, lm_eval=parse_tasks(lm_eval),
-        lm_eval_include=lm_eval_include, lm_eval_limit=lm_eval_limit))
+        lm_eval=parse_tasks(lm_eval), lm_eval_include=lm_eval_include, lm_eval_limit=lm_eval_limit, **params))
     opt.maybe_launch(ctx, nproc)
     err.print(f"eval {plan.model} vs base {plan.base}: {plan.target.kind} {plan.target.name}, "
               f"suites {','.join(plan.params.suites)}"

@@ -20,9 +20,8 @@ def profile(
     tokens: int = opt.TOKENS,
     seq_len: int = opt.SEQ_LEN,
     batch_size: int = opt.BATCH_SIZE,
-    out: str = typer.Option(
-        None, "--out", help="Directory for the profiles (default $MONET_EDIT_HOME/profiles)."
-    ),
+    profiles_dir: str = opt.PROFILES_DIR,
+    out: str = opt.hidden_alias("--out", "--profiles-dir"),
     device: str = opt.DEVICE,
     nproc: int = opt.NPROC,
     resume: bool = opt.RESUME,
@@ -37,6 +36,7 @@ def profile(
     Data-parallel under torchrun (or --nproc N); completed shards survive a crash (--resume).
     """
     from ... import profiling
+    from ...corpora import open_corpus
     from ...infra import distributed
     from ...model import checkpoint, loading
     from ...selection import targets
@@ -48,14 +48,15 @@ def profile(
         checkpoint.resolve(model)
         loading.parse_device(device)
         for name in names:
-            profiling.open_corpus(name)
+            open_corpus(name)
         return target, names
 
+    profiles_dir = opt.merge_alias(profiles_dir, out, "--out", "--profiles-dir")
     group = distributed.init(device, nproc)  # joins the job under torchrun; nothing otherwise
     target, names = group.on_main(check)
     opt.maybe_launch(ctx, nproc)
     paths = profiling.ensure_profiles(
-        model, names, tokens=tokens, seq_len=seq_len, batch_size=batch_size, out_dir=out, device=device,
+        model, names, tokens=tokens, seq_len=seq_len, batch_size=batch_size, out_dir=profiles_dir, device=device,
         resume=resume, shard_tokens=shard_tokens,
     )
     if not group.main:

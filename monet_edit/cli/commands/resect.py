@@ -39,6 +39,7 @@ def resect(
     """
     from ...editing import resect as resect_mod
     from ...errors import UsageError
+    from ...infra.provenance import RECORD_KEY
     from ...model import checkpoint
     from ...model import masks as masks_mod
     from ...selection import select as selection
@@ -75,7 +76,7 @@ def resect(
     counts = masks_mod.counts(masks, config)
     opt.warn_if_empty(sum(counts), meta.get("rule", "given mask"), meta.get("params", {}))
     written = resect_mod.resect(model, masks, path, force=force, command=opt.command_line(), mask_meta=meta)
-    record = checkpoint.load_config(written).extra["monet_edit"]
+    record = checkpoint.load_config(written).extra[RECORD_KEY]
     if json_out:
         emit_json(
             {

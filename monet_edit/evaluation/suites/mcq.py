@@ -9,8 +9,8 @@ is reported beside it as `accuracy_norm`. A small model is near chance (0.25).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from ...infra.params import Param, at_least
+from . import Suite
 
 LETTERS = "ABCD"
 
@@ -21,7 +21,6 @@ def prompt_and_choices(doc: dict) -> tuple[str, list[str]]:
     return f"{doc['question']}\n{lines}\nAnswer:", [f" {LETTERS[i]}. {c}" for i, c in enumerate(choices)]
 
 
-@torch.inference_mode()
 def continuation_logliks(model, context: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
     """(summed log-likelihood, greedy) of each continuation's token ids after the `context` ids;
     greedy: every continuation token is the argmax (lm-eval's is_greedy).
@@ -30,6 +29,16 @@ def continuation_logliks(model, context: list[int], conts: list[list[int]]) -> l
     which causal attention ignores). A continuation's last token is never fed, so context plus
     continuation may fill the model's positions + 1; continuations are cut to the model's positions
     and the context (at least one token) from the left to fit. Shared with the lm-eval wrapper."""
+    import torch
+
+    with torch.inference_mode():
+        return _continuation_logliks(model, context, conts)
+
+
+def _continuation_logliks(model, context: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+    import torch
+    import torch.nn.functional as F
+
     limit = model.config.max_position_embeddings
     conts = [c[:limit] for c in conts]
     width = max(1, *(len(c) for c in conts))
@@ -79,3 +88,66 @@ def result(correct: float, correct_norm: float, n: float) -> dict:
 def score(model, tokenizer, docs: list[dict]) -> dict:
     """Accuracy and accuracy_norm over `docs` (one process)."""
     return result(*tally(model, tokenizer, docs))
+
+
+# ---------------------------------------------------------------------------- the suite
+
+
+def _requires(target) -> str | None:
+    if target.kind != "domain":
+        return (f"--suite mcq needs a domain target (multiple choice comes from the MMLU domains), "
+                f"not {target.kind} {target.name}")
+    return None
+
+
+def _load(target, params, tokenizer, seq_len: int) -> tuple[dict, dict[str, str]]:
+    from ...corpora import build, names
+
+    data, fingerprints = {}, {}
+    for name in names("domain"):
+        built = build(name)
+        fingerprints[name] = built.fingerprint
+        data[name] = built.load("eval")[: params.mcq_items]
+    return data, fingerprints
+
+
+def _run(model, tokenizer, data: dict, params, group) -> dict:
+    return {name: result(*group.sum_numbers(tally(model, tokenizer, [docs[i] for i in group.take(len(docs))])))
+            for name, docs in data.items()}
+
+
+def _summarise(target_name: str, mcq: dict) -> tuple[dict, list[str]]:
+    def acc(name: str, side: str) -> float | None:
+        return mcq[name][side]["accuracy"]
+
+    others = [n for n in mcq if n != target_name]
+    out = {"target_mcq_before": acc(target_name, "before"), "target_mcq_after": acc(target_name, "after"),
+           "others_mcq_delta": _mean([acc(n, "after") - acc(n, "before") for n in others if mcq[n]["before"]["n"]])}
+    out["target_mcq_delta"] = (None if out["target_mcq_before"] is None
+                               else out["target_mcq_after"] - out["target_mcq_before"])
+    return out, ["multiple choice: summed answer log-likelihood, not length-normalised "
+                 "(accuracy_norm: per character); chance is 0.25"]
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+SUITE = Suite(
+    name="mcq",
+    help="multiple choice per MMLU category (domains)",
+    metrics={
+        "target_mcq_before": "multiple-choice accuracy on the target category, base",
+        "target_mcq_after": "multiple-choice accuracy on the target category, edited",
+        "target_mcq_delta": "multiple-choice accuracy delta on the target category",
+        "others_mcq_delta": "mean multiple-choice accuracy delta over the other categories",
+    },
+    params=(Param("mcq_items", int, 100, "Questions per category (mcq suite).", at_least(1), "at least 1"),),
+    default_for=("domain",),
+    requires=_requires,
+    load=_load,
+    run=_run,
+    describe=lambda data, params: f"{sum(len(d) for d in data.values())} questions",
+    summarise=_summarise,
+)
