@@ -161,7 +161,10 @@ def test_summary_keys_are_gate_metrics():
     mcq = {"law": {"before": {"accuracy": 0.5, "n": 1}, "after": {"accuracy": 0.5, "n": 1}}}
     s, _ = summary_mod.summarise("toxicity", {"loss": loss, "toxicity": tox}, 0, 1)
     s2, _ = summary_mod.summarise("law", {"mcq": mcq}, 0, 1)
-    assert set(s) | set(s2) == set(metrics())
+    from test_humaneval_suite import humaneval_entry
+
+    s3, _ = summary_mod.summarise("python", {"humaneval": humaneval_entry()}, 0, 1)
+    assert set(s) | set(s2) | set(s3) == set(metrics())
 
 
 def test_mcq_logliks_match_unpadded_scoring(tiny_ckpt):

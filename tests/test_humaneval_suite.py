@@ -13,6 +13,38 @@ SMALL = ("--tokens", "300", "--seq-len", "32", "--batch-size", "4", "--samples",
          "--limit", "3")
 
 
+def humaneval_entry(samples: int = 12) -> dict:
+    """A humaneval results entry as the suite combines it, from made-up per-problem counts."""
+    from monet_edit.evaluation.humaneval import Generation, load
+    from monet_edit.evaluation.humaneval.score import from_counts
+    from monet_edit.evaluation.suites import get
+
+    problems = load(limit=4)
+    setup = {"problems": problems.record(4), "generation": Generation(samples, 0.8, 64, 0, 4).record(),
+             "scorer": {"version": "1", "sandbox": {"isolation": "bubblewrap 0.8.0"}}}
+
+    def side(correct):
+        rows = [[c, samples - c] + [0] * 15 for c in correct]  # passing, then AssertionError failures
+        return {**from_counts(problems.problems, rows), "completions_at_limit": 0, "prompts_cut": 0,
+                "example": None, "setup": setup}
+
+    return get("humaneval").combine(side([12, 3, 0, 1]), side([6, 0, 0, 1]))
+
+
+def test_the_entry_and_its_gate_metrics():
+    from monet_edit.evaluation.humaneval.passk import pass_at_k
+    from monet_edit.evaluation.suites import get
+
+    entry = humaneval_entry()
+    assert entry["ks"] == [1, 10] and entry["before"]["pass@1"] == pytest.approx(16 / 48)
+    assert entry["before"]["pass@10"] == pytest.approx((1 + pass_at_k(12, 3, 10) + 0 + pass_at_k(12, 1, 10)) / 4)
+    assert entry["after"]["failures"] == {"AssertionError": 41} and entry["delta"]["pass@1"] == pytest.approx(-9 / 48)
+    summary, notes = get("humaneval").summarise("python", entry)
+    assert summary["humaneval_pass1_delta"] == entry["delta"]["pass@1"] and summary["humaneval_pass100_after"] is None
+    assert summary["humaneval_pass10_after"] == entry["after"]["pass@10"]
+    assert set(summary) == set(get("humaneval").metrics) and any("k <= --samples 12" in n for n in notes)
+
+
 def _eval(model, base, out, *extra, env=None):
     return cli("eval", "--model", model, "--base", base, "--target", "python", *SMALL, "--out", out, *extra,
                env={**ONE_THREAD, **(env or {})})
@@ -50,6 +82,16 @@ def test_a_gate_on_pass_at_k_fails_with_exit_3(tiny_ckpt, copies, tmp_path, shar
     res = _eval(copies["masked"], tiny_ckpt, tmp_path / "ev", "--suite", "humaneval", "--gate",
                 "humaneval_pass1_before>=0.5", env={"MONET_EDIT_HOME": str(shared_home)})
     assert res.code == 3 and "gate failed: humaneval_pass1_before>=0.5" in res.stderr.strip().splitlines()[-1]
+
+
+def test_two_ranks_give_the_numbers_of_one_process(tiny_ckpt, copies, tmp_path, shared_home):  # noqa: F811
+    env = {"MONET_EDIT_HOME": str(shared_home)}
+    one = _eval(copies["masked"], tiny_ckpt, tmp_path / "one", "--suite", "humaneval", "--json", env=env)
+    two = _eval(copies["masked"], tiny_ckpt, tmp_path / "two", "--suite", "humaneval", "--json", "--nproc", "2",
+                env=env)
+    assert one.code == 0 and two.code == 0, (one.stderr, two.stderr)
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["ranks"] == 2 and a["humaneval"] == b["humaneval"] and a["summary"] == b["summary"]
 
 
 @pytest.mark.parametrize("extra, needle", [

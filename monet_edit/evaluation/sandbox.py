@@ -200,6 +200,9 @@ class Sandbox:
             raise UsageError("no sandbox for untrusted code: bwrap (bubblewrap) is not installed "
                              "(apt-get install bubblewrap); pass --unsafe-exec to run it without isolation")
         self._prefix = []
+        problem = self._probe("print('isolated')\n")  # not isolated, but it must run at all
+        if problem is not None:
+            raise UsageError(f"cannot run programs with {self.python} even without a sandbox ({problem})")
 
     def describe(self) -> dict:
         """What isolated the programs, for the results' record."""
@@ -210,10 +213,10 @@ class Sandbox:
                 "user": "nobody" if self.drop_root else "invoking user", "python": f"{self.python} {version}",
                 "limits": asdict(self.limits)}
 
-    def _probe(self) -> str | None:
-        """None when PROBE passes inside, else what went wrong."""
+    def _probe(self, program: str = PROBE) -> str | None:
+        """None when `program` runs and prints "isolated" last, else what went wrong."""
         try:
-            out = self.run(PROBE)
+            out = self.run(program)
         except OSError as exc:  # bwrap not executable (by nobody)
             return str(exc)
         return None if out.passed and out.output.strip().endswith("isolated") else out.reason()

