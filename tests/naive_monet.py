@@ -1,4 +1,4 @@
-"""A deliberately naive Monet forward, written from DESIGN.md section 1 only.
+"""A deliberately naive Monet forward, written from the model's math only (README design notes).
 
 It materialises every composite weight G_ij and every expert output E_ij(x) for every token, and
 shares no code with monet_edit's model: it reads the raw state dict by tensor name. Only usable
@@ -79,9 +79,11 @@ def _expert(x, sd, pre, cfg, i, j):
     return torch.cat((top, bottom))
 
 
-def naive_logits(sd: dict, cfg: dict, ids: list[int], masks: dict | None = None) -> torch.Tensor:
-    """Logits [T, V] for one sequence; masks: {group: bool [E, E]} (True = masked)."""
-    masks = masks or {}
+def naive_logits(sd: dict, cfg: dict, ids: list[int], masks: dict | None = None,
+                 scales: dict | None = None) -> torch.Tensor:
+    """Logits [T, V] for one sequence; masks: {group: bool [E, E]} (True = masked); scales:
+    {group: float [E, E]} multiplying each expert's routing weight (may require grad)."""
+    masks, scales = masks or {}, scales or {}
     sd = {k: v.double() for k, v in sd.items()}
     E, H, k, G = cfg["moe_experts"], cfg["moe_heads"], cfg["moe_topk"], cfg["moe_groups"]
     eps = cfg["rms_norm_eps"]
@@ -96,7 +98,7 @@ def naive_logits(sd: dict, cfg: dict, ids: list[int], masks: dict | None = None)
                                 sd[r + "norm1.running_var"], H, E, k) for t in u]
             g2s = [_router_side(t, sd[r + "w2.weight"], sd[r + "norm2.running_mean"],
                                 sd[r + "norm2.running_var"], H, E, k) for t in u]
-            mask = masks.get(L // G)
+            mask, scale = masks.get(L // G), scales.get(L // G)
         out = torch.zeros_like(x)
         for t in range(x.shape[0]):
             Gt = torch.einsum("hi,hj->ij", g1s[t], g2s[t])  # every composite weight
@@ -104,7 +106,8 @@ def naive_logits(sd: dict, cfg: dict, ids: list[int], masks: dict | None = None)
                 for j in range(E):
                     if Gt[i, j] == 0 or (mask is not None and mask[i, j]):
                         continue
-                    out[t] += Gt[i, j] * _expert(u[t], sd, p + "moe.", cfg, i, j)
+                    weight = Gt[i, j] if scale is None else Gt[i, j] * scale[i, j]
+                    out[t] = out[t] + weight * _expert(u[t], sd, p + "moe.", cfg, i, j)
         x = x + out
     x = _rms(x, sd["model.norm.weight"], eps)
     return x @ sd["lm_head.weight"].T

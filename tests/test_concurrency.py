@@ -25,6 +25,8 @@ from monet_edit.infra import atomic, locks
 from monet_edit.model import checkpoint
 
 PROFILE = ["--tokens", "4000", "--seq-len", "32", "--batch-size", "4"]
+GERMAN = ["--language", "de", *(f"--reference={r}" for r in ("en", "fr", "es", "it", "pt"))]
+LAW = ["--domain", "law", "--reference", "math"]
 
 
 def _start(*args: str, env: dict | None = None, preexec=None) -> subprocess.Popen:
@@ -54,11 +56,11 @@ def _holder(target: Path, what: str = "a test holder") -> subprocess.Popen:
     return proc
 
 
-def test_concurrent_profiles_on_one_cache_all_succeed_and_agree(tiny_ckpt, tmp_path):
+def test_concurrent_profiles_on_one_cache_all_succeed_and_agree(tiny_ckpt, tmp_path, fresh_corpora):
     """Three `profile` runs at once on a fresh cache: corpora built once, each profile computed by
     one process while the others wait for it and reuse it; same files for all."""
     out = tmp_path / "pc"
-    procs = [_start("profile", "--language", "de", "--model", tiny_ckpt, *PROFILE, "--out", out, "--json")
+    procs = [_start("profile", *GERMAN, "--model", tiny_ckpt, *PROFILE, "--profiles-dir", out, "--json")
              for _ in range(3)]
     results = _finish(procs)
     for code, stderr in results:
@@ -71,20 +73,18 @@ def test_concurrent_profiles_on_one_cache_all_succeed_and_agree(tiny_ckpt, tmp_p
         assert profiling.load(out / name, model_fingerprint=fp).n == 4000
     computed = sum(stderr.count(" tokens/s) -> ") for _, stderr in results)
     assert computed == 6  # each profile was computed exactly once, by one of the three
-    corpora_dir = Path(os.environ["MONET_EDIT_HOME"]) / "corpora"
-    assert _visible(corpora_dir) == ["de", "en", "es", "fr", "it", "pt"]  # no torn or temporary builds
+    assert _visible(fresh_corpora) == ["de", "en", "es", "fr", "it", "pt"]  # no torn or temporary builds
 
 
-def test_concurrent_corpus_builds_and_resects(tiny_ckpt, tmp_path):
+def test_concurrent_corpus_builds_and_resects(tiny_ckpt, tmp_path, fresh_corpora):
     """Four processes build the same corpora at once; then two resects into different outputs
     share one profiles directory."""
     procs = [_start("corpora", "build", name) for name in ("law", "law", "math", "law")]
     for code, stderr in _finish(procs):
         assert code == 0 and "built" in stderr, stderr
-    corpora_dir = Path(os.environ["MONET_EDIT_HOME"]) / "corpora"
-    assert _visible(corpora_dir) == ["law", "math"]
+    assert _visible(fresh_corpora) == ["law", "math"]
     profiles = tmp_path / "profiles"
-    common = ["resect", "--domain", "law", "--model", tiny_ckpt, *PROFILE, "--profiles-dir", profiles]
+    common = ["resect", *LAW, "--model", tiny_ckpt, *PROFILE, "--profiles-dir", profiles]
     procs = [_start(*common, "--out", tmp_path / f"edited-{i}") for i in range(2)]
     for code, stderr in _finish(procs):
         assert code == 0, stderr
@@ -98,13 +98,13 @@ def test_a_waiter_names_the_holder_and_a_killed_holder_blocks_nobody(tiny_ckpt, 
     corpus = cli("corpora", "build", "law")
     assert corpus.code == 0, corpus.stderr
     # the path `profile` will write: the lock is taken on it
-    probe = cli("profile", "--domain", "law", "--model", tiny_ckpt, *PROFILE, "--out", tmp_path / "probe", "--json")
+    probe = cli("profile", *LAW, "--model", tiny_ckpt, *PROFILE, "--out", tmp_path / "probe", "--json")
     assert probe.code == 0, probe.stderr
     name = Path(__import__("json").loads(probe.stdout)["profiles"]["law"]["path"]).name
     holder = _holder(out / name, "profiling law (test)")
     try:
         # a waiter that gives up: it says it waits, then one error line naming who holds the lock
-        res = cli("profile", "--domain", "law", "--model", tiny_ckpt, *PROFILE, "--out", out,
+        res = cli("profile", *LAW, "--model", tiny_ckpt, *PROFILE, "--out", out,
                   env={locks.ENV: "1"})
         assert res.code == 1 and "Traceback" not in res.stderr, res.stderr
         waiting, error = res.stderr.strip().splitlines()
@@ -112,15 +112,17 @@ def test_a_waiter_names_the_holder_and_a_killed_holder_blocks_nobody(tiny_ckpt, 
         assert error.startswith("error: ") and "gave up after 1 s" in error and locks.ENV in error
         assert not (out / name).exists()
         # a waiter that waits: it says so once, then proceeds when the holder dies (SIGKILL)
-        waiter = _start("profile", "--domain", "law", "--model", tiny_ckpt, *PROFILE, "--out", out)
-        time.sleep(4)
+        waiter = _start("profile", *LAW, "--model", tiny_ckpt, *PROFILE, "--out", out)
+        first = waiter.stderr.readline()  # blocks until the waiter reaches the lock and says so
+        assert first.startswith(f"waiting for pid {holder.pid} on "), first
+        time.sleep(1)
         assert waiter.poll() is None  # still waiting
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     ((code, stderr),) = _finish([waiter])
     assert code == 0, stderr
-    assert f"waiting for pid {holder.pid}" in stderr and stderr.count("waiting for") == 1
+    assert "waiting for" not in stderr  # said once (the first line, read above)
     assert (out / name).is_file() and (out / f".{name}.lock").is_file()  # the dead holder's lock file
     assert profiling.load(out / name).n == 4000
 
@@ -133,19 +135,18 @@ def _file_size_limit(limit: int):
     return apply
 
 
-def test_a_full_disk_is_one_line_and_leaves_the_cache_usable(tiny_ckpt, tmp_path):
+def test_a_full_disk_is_one_line_and_leaves_the_cache_usable(tiny_ckpt, tmp_path, fresh_corpora):
     """A file-size limit makes the kernel refuse writes mid-file (EFBIG), as a full disk would."""
-    home = Path(os.environ["MONET_EDIT_HOME"])
     proc = _start("corpora", "build", "law", preexec=_file_size_limit(64 * 1024))
     ((code, stderr),) = _finish([proc])
     assert code == 1, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "File too large" in lines[0] and "law" in lines[0], stderr
-    assert not (home / "corpora").exists() or _visible(home / "corpora") == []
+    assert not fresh_corpora.exists() or _visible(fresh_corpora) == []
     # the corpus builds fine once the disk has room; then a profile write fails the same way
     assert cli("corpora", "build", "law").code == 0
     out = tmp_path / "pc"
-    args = ["profile", "--domain", "law", "--model", tiny_ckpt, *PROFILE, "--out", out]
+    args = ["profile", *LAW, "--model", tiny_ckpt, *PROFILE, "--out", out]
     build_refs = cli(*args, "--out", tmp_path / "warm")  # builds the reference corpora first
     assert build_refs.code == 0, build_refs.stderr
     proc = _start(*args, preexec=_file_size_limit(1024))
@@ -155,12 +156,11 @@ def test_a_full_disk_is_one_line_and_leaves_the_cache_usable(tiny_ckpt, tmp_path
     assert not out.exists() or _visible(out) == []  # no profile, no temporary
     res = cli(*args)
     assert res.code == 0, res.stderr
-    assert len(_visible(out)) == 14
+    assert len(_visible(out)) == 2
 
 
-def test_a_read_only_cache_is_one_line(tiny_ckpt, tmp_path, monkeypatch, capsys):
+def test_a_read_only_cache_is_one_line(tiny_ckpt, tmp_path, monkeypatch, capsys, fresh_corpora):
     """EROFS from the filesystem: one line, exit 1, nothing written; then the same cache works."""
-    home = Path(os.environ["MONET_EDIT_HOME"])
     real_mkdtemp, real_mkstemp = atomic.tempfile.mkdtemp, atomic.tempfile.mkstemp
 
     def read_only(*args, **kwargs):
@@ -174,18 +174,18 @@ def test_a_read_only_cache_is_one_line(tiny_ckpt, tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(atomic.tempfile, "mkdtemp", real_mkdtemp)
     assert main(["corpora", "build", "law"]) == 0
     out = tmp_path / "pc"
-    args = ["profile", "--domain", "law", "--model", str(tiny_ckpt), *PROFILE, "--out", str(out)]
+    args = ["profile", *LAW, "--model", str(tiny_ckpt), *PROFILE, "--out", str(out)]
     assert main(args) == 1  # profiles (and their journal) are written with mkstemp
     lines = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
     assert len(lines) == 1 and "Read-only file system" in lines[0]
     assert not out.exists() or _visible(out) == []
     monkeypatch.setattr(atomic.tempfile, "mkstemp", real_mkstemp)
     assert main(args) == 0
-    assert (home / "corpora" / "law").is_dir() and len(_visible(out)) == 14
+    assert (fresh_corpora / "law").is_dir() and len(_visible(out)) == 2
 
 
 @pytest.mark.parametrize("value", ["soon", "-3"])
 def test_a_bad_lock_timeout_is_a_usage_error(tiny_ckpt, tmp_path, value):
-    res = cli("profile", "--domain", "law", "--model", tiny_ckpt, *PROFILE, "--out", tmp_path / "p",
+    res = cli("profile", *LAW, "--model", tiny_ckpt, *PROFILE, "--out", tmp_path / "p",
               env={locks.ENV: value})
     assert_clean_error(res, 2, locks.ENV)

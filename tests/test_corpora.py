@@ -20,6 +20,7 @@ SPLITS = ("train", "profile", "eval")
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("MONET_EDIT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MONET_EDIT_CORPORA")  # a fresh cache under the home
     return tmp_path / "home"
 
 

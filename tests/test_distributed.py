@@ -101,12 +101,13 @@ def _close(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process_eval(tiny_ckpt, edited, tmp_path_factory, shared_home) -> tuple[list[str], Path]:
+def one_process_eval(tiny_ckpt, edited, tmp_path_factory, shared_home, shared_corpora) -> tuple[list[str], Path]:
     """The eval command line and the results of running it in one process."""
     common = ["eval", "--model", str(edited), "--base", str(tiny_ckpt), *EVAL]
     out = tmp_path_factory.mktemp("eval") / "one"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MONET_EDIT_HOME", str(shared_home))
+        mp.setenv("MONET_EDIT_CORPORA", str(shared_corpora))
         assert main([*common, "--out", str(out)]) == 0
     return common, out / "results.json"
 

@@ -16,7 +16,6 @@ from monet_edit.evaluation import EvalParams, prepare, target_from_name
 from monet_edit.evaluation import results as report
 from monet_edit.evaluation import summary as summary_mod
 from monet_edit.evaluation.compare import evaluate
-from monet_edit.evaluation.suites import loss as loss_suite
 from monet_edit.evaluation.suites import mcq as mcq_mod
 from monet_edit.evaluation.suites import toxicity as tox
 from monet_edit.model.loading import load_model, load_tokenizer
@@ -58,24 +57,31 @@ def copies(tiny_ckpt, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def python_results(tiny_ckpt, copies, shared_home) -> dict[str, dict]:
+def python_results(tiny_ckpt, copies, shared_home, shared_corpora) -> dict[str, dict]:
     """Loss suite on a language target: unmasked copy and masked copy against the base."""
     with pytest.MonkeyPatch.context() as mp:  # session fixtures run before the per-test home is set
         mp.setenv("MONET_EDIT_HOME", str(shared_home))
+        mp.setenv("MONET_EDIT_CORPORA", str(shared_corpora))
         target = target_from_name("python")
         params = EvalParams(suites=("loss",), **SMALL)
         return {k: evaluate(str(tiny_ckpt), str(copies[k]), target, params) for k in ("same", "masked")}
 
 
 def test_unmasked_copy_changes_nothing(python_results):
+    """An edit that does nothing scores selectivity 0 with a zero-width interval: no gate on it passes."""
+    from monet_edit.evaluation import gates
+    from monet_edit.selection.targets import default_references
+
     res = python_results["same"]
-    assert set(res["loss"]) == {"python", "c", "go", "rust", "perl", "javascript", "general"}
+    inside = {n for n in res["loss"] if not n.endswith("@oos")}
+    assert inside == {"python", *default_references("python")} and "general" in inside and "law" in inside
     for name, side in res["loss"].items():
         assert side["before"] == side["after"], name
-        assert side["before"]["tokens"] > 0
+        assert side["before"]["tokens"] > 0 and sum(side["before"]["docs"]["tokens"]) == side["before"]["tokens"]
     s = res["summary"]
     assert s["target_loss_delta"] == 0 and s["others_loss_delta"] == 0 and s["experts_masked"] == 0
-    assert s["selectivity"] is None and any("undefined" in n for n in res["notes"])
+    assert s["selectivity"] == 0 and s["selectivity_lo"] == s["selectivity_hi"] == 0
+    assert not gates.check(gates.parse("selectivity>=10"), s)[0]["passed"]
 
 
 def test_masked_copy_changes_losses(python_results):
@@ -84,8 +90,11 @@ def test_masked_copy_changes_losses(python_results):
     assert all(d != 0 for d in deltas.values()), deltas
     s = res["summary"]
     assert s["target_loss_delta"] == pytest.approx(deltas["python"])
-    others = [deltas[n] for n in ("c", "go", "rust", "perl", "javascript")]
-    assert s["others_loss_delta"] == pytest.approx(sum(others) / 5)
+    others = [d for n, d in deltas.items() if n not in ("python", "general") and not n.endswith("@oos")]
+    assert len(others) >= 20 and s["others_loss_delta"] == pytest.approx(sum(others) / len(others))
+    assert s["target_loss_delta_lo"] <= s["target_loss_delta"] <= s["target_loss_delta_hi"]
+    # the references hold many short documents (MMLU items): a real interval around their mean
+    assert s["others_loss_delta_lo"] < s["others_loss_delta"] < s["others_loss_delta_hi"]
     masks = random_mask(tiny_config(), 0.4, seed=3)
     masked = sum(int(m.sum()) for m in masks.values())
     assert s["experts_masked"] == masked and s["fraction_masked"] == pytest.approx(masked / (2 * 64))
@@ -123,28 +132,43 @@ def test_non_finite_numbers_become_null():
 
 
 @pytest.mark.parametrize("target,others,expected", [
-    (0.5, 0.05, 10.0), (0.5, 0.0, math.inf), (0.5, -0.1, math.inf), (0.0, 0.0, None), (-0.1, 0.0, None),
-    (0.5, None, None),
+    (0.5, 0.05, 10.0), (0.5, 0.0, 250.0), (0.5, -0.1, 250.0), (0.0, 0.0, 0.0), (-0.1, 0.0, -50.0),
+    (0.002, 0.0, 1.0),
 ])
-def test_selectivity_edge_cases(target, others, expected):
-    value, note = loss_suite.selectivity(target, others)
-    assert value == (pytest.approx(expected) if expected not in (None, math.inf) else expected)
-    assert (note is None) == (expected not in (None, math.inf))
+def test_selectivity_has_a_floor_and_is_always_finite(target, others, expected):
+    """Others' mean loss 2.0: the denominator is at least 0.1% of it (0.002 nats)."""
+    from monet_edit.model.scoring import selectivity
+
+    value = selectivity(target, others, 2.0)
+    assert math.isfinite(value) and value == pytest.approx(expected)
+
+
+def _loss_entry(before: float, after: float, docs: int = 4) -> dict:
+    """A loss entry of `docs` documents of 10 tokens whose losses vary around the given means."""
+    def side(mean: float) -> dict:
+        nll = [10 * (mean + 0.1 * (d - (docs - 1) / 2)) for d in range(docs)]
+        return {"loss": sum(nll) / (10 * docs), "accuracy": 0.5, "tokens": 10 * docs,
+                "docs": {"nll": nll, "correct": [5] * docs, "tokens": [10] * docs}}
+
+    return {"before": side(before), "after": side(after)}
 
 
 def test_summary_numbers():
-    def side(loss, acc):
-        return {"loss": loss, "accuracy": acc}
+    loss = {"law": _loss_entry(2.0, 3.0), "math": _loss_entry(2.0, 2.1), "health": _loss_entry(2.0, 2.3),
+            "general": _loss_entry(4.0, 4.2)}
+    loss["health"]["after"]["accuracy"] = 0.3
 
-    loss = {"law": {"before": side(2.0, 0.5), "after": side(3.0, 0.4)},
-            "math": {"before": side(2.0, 0.5), "after": side(2.1, 0.5)},
-            "health": {"before": side(2.0, 0.5), "after": side(2.3, 0.3)},
-            "general": {"before": side(4.0, 0.2), "after": side(4.2, 0.2)}}
-    mcq = {"law": {"before": {"accuracy": 0.5, "n": 4}, "after": {"accuracy": 0.25, "n": 4}},
-           "math": {"before": {"accuracy": 0.5, "n": 4}, "after": {"accuracy": 0.75, "n": 4}}}
+    def mcq_side(correct: list[int]) -> dict:
+        return {"accuracy": sum(correct) / len(correct), "n": len(correct), "items": {"correct": correct}}
+
+    mcq = {"law": {"before": mcq_side([1, 1, 0, 0]), "after": mcq_side([1, 0, 0, 0])},
+           "math": {"before": mcq_side([1, 1, 0, 0]), "after": mcq_side([1, 1, 1, 0])}}
     s, notes = summary_mod.summarise("law", {"loss": loss, "mcq": mcq}, masked=10, total=200)
     assert s["target_loss_delta"] == pytest.approx(1.0) and s["others_loss_delta"] == pytest.approx(0.2)
-    assert s["selectivity"] == pytest.approx(5.0) and not [n for n in notes if "selectivity" in n]
+    assert s["selectivity"] == pytest.approx(5.0) and any("bootstrap" in n for n in notes)
+    # the same shift in every document: the paired intervals collapse onto the point estimate
+    assert s["target_loss_delta_lo"] == pytest.approx(1.0) and s["target_loss_delta_hi"] == pytest.approx(1.0)
+    assert s["selectivity_lo"] == pytest.approx(5.0) and s["selectivity_hi"] == pytest.approx(5.0)
     assert s["others_accuracy_delta"] == pytest.approx(-0.1)
     assert s["general_loss_rel"] == pytest.approx(0.05) and s["target_loss_rel"] == pytest.approx(0.5)
     assert s["target_mcq_delta"] == pytest.approx(-0.25) and s["others_mcq_delta"] == pytest.approx(0.25)
@@ -152,19 +176,24 @@ def test_summary_numbers():
 
 
 def test_summary_keys_are_gate_metrics():
+    from monet_edit.corpora import oos_set
     from monet_edit.evaluation.gates import metrics
 
-    side = {"loss": 1.0, "accuracy": 0.5}
-    loss = {n: {"before": side, "after": side} for n in ("toxicity", "general")}
-    tm = {"expected_max_toxicity": 0.5, "toxicity_probability": 0.5, "prompts": 2}
-    tox = {"before": {"toxic": tm, "nontoxic": tm}, "after": {"toxic": tm, "nontoxic": tm}}
-    mcq = {"law": {"before": {"accuracy": 0.5, "n": 1}, "after": {"accuracy": 0.5, "n": 1}}}
-    s, _ = summary_mod.summarise("toxicity", {"loss": loss, "toxicity": tox}, 0, 1)
-    s2, _ = summary_mod.summarise("law", {"mcq": mcq}, 0, 1)
+    names = ["toxicity", "general", "law", *(n for n in (oos_set("toxicity"), oos_set("law")) if n)]
+    loss = {n: _loss_entry(1.0, 1.1) for n in names}
+    tm = tox.metrics_of([0.5, 0.7])
+    tox_entry = {"before": {"toxic": tm, "nontoxic": tm}, "after": {"toxic": tm, "nontoxic": tm}}
+    item = {"accuracy": 0.5, "n": 2, "items": {"correct": [1, 0]}}
+    mcq = {"law": {"before": item, "after": item}, "math": {"before": item, "after": item}}
+    s, _ = summary_mod.summarise("toxicity", {"loss": loss, "toxicity": tox_entry}, 0, 1)
+    s2, _ = summary_mod.summarise("law", {"mcq": mcq, "loss": loss}, 0, 1)
     from test_humaneval_suite import humaneval_entry
 
     s3, _ = summary_mod.summarise("python", {"humaneval": humaneval_entry()}, 0, 1)
-    assert set(s) | set(s2) | set(s3) == set(metrics())
+    keys = set(s) | set(s2) | set(s3)
+    assert keys <= set(metrics())
+    missing = set(metrics()) - keys
+    assert all(k.startswith("oos_") for k in missing) and (not missing or oos_set("law") is None)
 
 
 def test_mcq_logliks_match_unpadded_scoring(tiny_ckpt):

@@ -12,7 +12,7 @@ from helpers import random_mask, random_model, tiny_config, write_tokenizer
 
 from monet_edit import load_model
 from monet_edit.editing import resect, verify
-from monet_edit.model import remote_code
+from monet_edit.model import modelcard, remote_code
 from monet_edit.model.checkpoint import packaged_dir
 from monet_edit.model.generate import sample
 from monet_edit.training import train as train_mod
@@ -101,7 +101,7 @@ def test_trained_checkpoint_loads_in_transformers(tmp_path, monkeypatch):
     model = random_model(tiny_config("vertical", vocab_size=vocab, bos_token_id=1, eos_token_id=2), seed=3)
     data = train_mod.TrainData(names=[], train=[], eval=[], weights=torch.ones(0),
                                tokenizer_path=tmp_path / "tokenizer.json", fingerprints={})
-    monkeypatch.setattr(train_mod, "training_card", lambda record: "card\n")
+    monkeypatch.setattr(modelcard, "trained", lambda record: "card\n")
     out = train_mod.write_model(model, data, {"seed": 0}, tmp_path / "out", {}, False, {})
     assert json.loads((out / "config.json").read_text())["auto_map"] == remote_code.AUTO_MAP
     ids = tokens(vocab, seed=1)

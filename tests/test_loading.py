@@ -1,4 +1,4 @@
-"""Checkpoint loading: names and shapes of DESIGN.md section 1, sharding, masks, bad input."""
+"""Checkpoint loading: names and shapes of the released checkpoint format, sharding, masks, bad input."""
 
 import json
 import shutil
@@ -17,7 +17,7 @@ from monet_edit.model.tokenizer import Tokenizer
 
 
 def design_names(cfg):
-    """Tensor names and shapes written out from DESIGN.md section 1, independently of the model."""
+    """Tensor names and shapes written out from the released checkpoint format, independently of the model."""
     d, E, m, H, V = cfg.hidden_size, cfg.moe_experts, cfg.moe_dim, cfg.moe_heads, cfg.vocab_size
     kv = cfg.num_key_value_heads * cfg.head_dim
     out = {"model.embed_tokens.weight": (V, d), "lm_head.weight": (V, d), "model.norm.weight": (d,)}

@@ -1,4 +1,4 @@
-"""The model against a naive implementation of DESIGN.md that materialises every expert."""
+"""The model against a naive implementation of the model's math (README design notes) that materialises every expert."""
 
 import pytest
 import torch

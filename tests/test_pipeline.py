@@ -10,7 +10,7 @@ import pytest
 from clirun import assert_clean_error, cli
 from test_eval import _shared_home, shared_home  # noqa: F401  (fixtures)
 
-from monet_edit.editing import pipeline
+from monet_edit.editing import pipeline, verify
 from monet_edit.errors import UsageError
 
 SMALL = """# monet-edit run {name}
@@ -120,7 +120,6 @@ def test_recipe_lookup(tmp_path):
 
 def test_run_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
     from monet_edit import evaluation
-    from monet_edit.editing import resect
     from monet_edit.model import checkpoint, loading
 
     recipe = small_recipe(tmp_path, gates='"experts_masked>=1", "target_loss_delta>-50"')
@@ -136,13 +135,13 @@ def test_run_end_to_end(tiny_ckpt, tmp_path, monkeypatch):
     assert written["recipe"]["path"] == str(recipe) and written["recipe"]["values"]["select"]["ratio"] == 1.0
     assert written["edited"]["dir"] == str(out.resolve()) and all(g["passed"] for g in written["gates"])
     # the written checkpoint gives exactly the numbers measured on base + in-memory masks
-    assert resect.verify(out) == []  # eval/ beside the checkpoint leaves its manifest intact
+    assert verify.manifest_mismatches(out) == []  # eval/ beside the checkpoint leaves its manifest intact
     model = loading.load_model(out)
     assert sum(int(m.sum()) for m in model.masks().values()) == record["masked"]
     # eval with no arguments inside the resected directory compares it with its base (record)
     monkeypatch.chdir(out)
     plan = evaluation.prepare(out="again")
-    assert (plan.model, Path(plan.base), plan.target.name) == (".", tiny_ckpt.resolve(), "python")
+    assert (str(plan.model), plan.base.dir.resolve(), plan.target.name) == (".", tiny_ckpt.resolve(), "python")
     with pytest.raises(UsageError, match="exists"):
         evaluation.prepare()  # default out is ./eval, written by run: never overwritten silently
     # an existing output directory is refused before any computation

@@ -79,7 +79,11 @@ def test_group_statistics_match_the_slow_reference():
         assert_matches(prof, ref)
         ok = ref["M2"] > 0
         torch.testing.assert_close(prof.pearson()[ok], ref["r"][ok], rtol=0, atol=1e-9)
-    assert_matches(profiling.group_stats(g1, g2, None), {k: ref[k] for k in ("n", "S")})
+    unlabelled = profiling.group_stats(g1, g2, None)
+    assert_matches(unlabelled, {k: ref[k] for k in ("n", "S")})
+    # head activations: (token, head) pairs where both sub-experts carry weight, counted exactly
+    A = torch.einsum("nhi,nhj->ij", (g1 > 0).double(), (g2 > 0).double())[None]
+    assert torch.equal(prof.A, A) and torch.equal(unlabelled.A, A) and float(A.sum()) == n * H * 2 * 2
     # each token's G sums to H over all experts (rows of g1, g2 sum to 1)
     assert float(prof.mean().sum()) == pytest.approx(H, abs=bound(n, 1.0))
     assert (ref["r"] != 0).any() and (prof.S == 0).any() or (ref["M2"] > 0).all()

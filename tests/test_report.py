@@ -46,7 +46,7 @@ batch_size = 16
 
 
 @pytest.fixture(scope="module")
-def edit(tmp_path_factory, shared_home) -> Path:  # noqa: F811
+def edit(tmp_path_factory, shared_home, shared_corpora) -> Path:  # noqa: F811
     """What `monet-edit run RECIPE` writes on tiny: a resected checkpoint with eval/results.json,
     its edit-mask.safetensors and the profiles in their own directory."""
     from monet_edit.editing import pipeline
@@ -56,6 +56,7 @@ def edit(tmp_path_factory, shared_home) -> Path:  # noqa: F811
     recipe.write_text(RECIPE.format(path=recipe, profiles=root / "profiles", out=root / "edited"))
     with pytest.MonkeyPatch.context() as mp:  # module fixtures run before the per-test home is set
         mp.setenv("MONET_EDIT_HOME", str(shared_home))
+        mp.setenv("MONET_EDIT_CORPORA", str(shared_corpora))
         pipeline.run(recipe)
     return root / "edited"
 

@@ -13,7 +13,7 @@ from clirun import assert_clean_error, cli
 from helpers import random_mask, write_tiny_checkpoint
 from test_selection import run
 
-from monet_edit.editing import resect
+from monet_edit.editing import resect, verify
 from monet_edit.errors import UsageError
 from monet_edit.model import checkpoint, masks, modelcard
 from monet_edit.model.loading import load_model
@@ -80,9 +80,9 @@ def test_resected_checkpoint_applies_masks_and_keeps_every_tensor(fixture, reque
     assert manifest["base"]["weights_sha256"]["model.safetensors"] == before["model.safetensors"]
     assert manifest["mask"]["sha256"] == hashlib.sha256((out / resect.MASK_FILE).read_bytes()).hexdigest()
     assert set(manifest["files"]) == set(tree_digest(out)) - {"manifest.json"}
-    assert resect.verify(out) == []
+    assert verify.manifest_mismatches(out) == []
     (out / "README.md").write_text("tampered")
-    assert resect.verify(out) == ["README.md"]
+    assert verify.manifest_mismatches(out) == ["README.md"]
 
 
 def test_sharded_base_and_existing_masks_are_merged(tmp_path):
@@ -159,7 +159,7 @@ def test_model_card_renders_the_eval_summary():
             "table": [{"metric": "law mcq", "before": 0.5, "after": 0.25}],
         },
     }
-    card = modelcard.render(record, tiny_config(), "resected-law")
+    card = modelcard.edited(record, tiny_config(), "resected-law")
     assert "| target_loss | 3 | 3.5 | 0.5 |" in card
     assert "| law mcq | 0.5 | 0.25 | -0.25 |" in card
     assert "- selectivity: 12.5" in card and "target_loss_before:" not in card
@@ -191,7 +191,7 @@ def test_resect_command_end_to_end(tiny_ckpt, tmp_path):
     assert record["command"].startswith("monet-edit resect --domain law") and record["params"] == {
         "ratio": 1.5
     }
-    assert len(record["sources"]) == 14 and resect.verify(out) == []
+    assert len(record["sources"]) == 14 and verify.manifest_mismatches(out) == []
     edited = load_model(out)
     assert sum(int(m.sum()) for m in edited.masks().values()) == data["masked"]
     again = cli("resect", "--domain", "law", "--model", tiny_ckpt, "--out", out)

@@ -1,7 +1,7 @@
 """What an expert does: the tokens (with short contexts) that route to it most.
 
 The routing weight of expert (i, j) in group g on token t is G_ij(t) = sum_h g1[h,i](t) g2[h,j](t)
-(DESIGN.md 1). We run the model over a corpus's tokens, keep the `top` occurrences with the
+(README: Design notes). We run the model over a corpus's tokens, keep the `top` occurrences with the
 largest G_ij per expert, and show each with a few tokens either side, as the Monet authors'
 expert viewer does. Shared by `monet-edit experts` and the report's table of masked experts.
 Only the requested experts' weights are formed (an [N, H] product each), never all E*E.
@@ -93,12 +93,20 @@ def corpus_rows(tokenizer, corpus: str, *, tokens: int, seq_len: int, split: str
     return rows(stream, seq_len - 1, f"{corpus} ({split} split)"), built.fingerprint
 
 
-def _token_text(tokenizer, token_id: int) -> str:
+def token_text(tokenizer, token_id: int) -> str:
+    """A token as text; special tokens (which decode to nothing) by name."""
     text = tokenizer.decode([token_id])
     if text:
         return text
     names = {tokenizer.bos_id: "<s>", tokenizer.eos_id: "</s>"}
     return names.get(token_id, f"<{token_id}>")
+
+
+def hit(tokenizer, row_ids: list[int], row: int, pos: int, weight: float) -> Hit:
+    """The occurrence at `pos` of a row of token ids, with LEFT and RIGHT tokens of context."""
+    return Hit(weight=weight, token=token_text(tokenizer, row_ids[pos]), token_id=row_ids[pos],
+               left=tokenizer.decode(row_ids[max(0, pos - LEFT):pos]),
+               right=tokenizer.decode(row_ids[pos + 1:pos + 1 + RIGHT]), row=row, position=pos)
 
 
 @torch.inference_mode()
@@ -128,9 +136,6 @@ def top_tokens(model, tokenizer, batch_rows: torch.Tensor, experts: list[tuple[i
             if value <= 0:
                 continue
             row, pos = divmod(flat, T)
-            ids = batch_rows[row].tolist()
-            result.hits.append(Hit(weight=value, token=_token_text(tokenizer, ids[pos]), token_id=ids[pos],
-                                   left=tokenizer.decode(ids[max(0, pos - LEFT):pos]),
-                                   right=tokenizer.decode(ids[pos + 1:pos + 1 + RIGHT]), row=row, position=pos))
+            result.hits.append(hit(tokenizer, batch_rows[row].tolist(), row, pos, value))
         out.append(result)
     return out

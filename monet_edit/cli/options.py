@@ -25,22 +25,32 @@ LANGUAGE = typer.Option(
 )
 TOXICITY = typer.Option(False, "--toxicity", help="Target toxic text (weakly labelled fortunes).")
 CORPUS = typer.Option(None, "--corpus", help="Target a user corpus (.txt/.jsonl/.parquet file or directory).")
+REFERENCE = typer.Option(None, "--reference", help="A corpus to compare the target with (repeat the option; "
+                         "default: every other corpus, the general mixture included).")
 TOKENS = typer.Option(100_000, "--tokens", min=1, help="Tokens profiled per corpus (at most).")
 SEQ_LEN = typer.Option(256, "--seq-len", min=2, help="Tokens per profiled row.")
 BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass.")
 PROFILES_DIR = typer.Option(
     None, "--profiles-dir", help="Where profiles are cached (default $MONET_EDIT_HOME/profiles)."
 )
-RULE = typer.Option(None, "--rule", help="skew | corr | budget (default: skew, corr for --toxicity).")
-RATIO = typer.Option(
-    2.0, "--ratio", help="skew: mask experts used >= RATIO times more than by any reference."
-)
-THRESHOLD = typer.Option(
-    0.1, "--threshold", help="corr: mask experts whose Pearson r with the label >= this."
-)
-RETAIN_BUDGET = typer.Option(
-    0.02, "--retain-budget", help="budget: allowed relative loss rise on retain documents (0.02 = 2%)."
-)
+
+
+def _rule_help() -> str:
+    from ..selection import rules
+
+    defaults = ", ".join(f"{r.name} for {'/'.join(r.default_for)}" for r in rules.registry().values()
+                         if r.default_for)
+    return f"{' | '.join(rules.registry())} (default: {defaults})."
+
+
+RULE = typer.Option(None, "--rule", help=_rule_help())
+
+
+def rule_params() -> list:
+    """Every selection rule's parameters (their CLI options)."""
+    from ..selection import rules
+
+    return list(rules.params().values())
 JSON_OUT = typer.Option(False, "--json", help="Print JSON on stdout.")
 DEVICE = typer.Option(None, "--device", help="cpu (default) or cuda (under torchrun: each rank's own GPU).")
 NPROC = typer.Option(
@@ -86,39 +96,6 @@ def check_new_file(path: Path, force: bool) -> None:
         raise UsageError(f"{path}: is a directory (give a file path with --out)")
     if path.exists() and not force:
         raise UsageError(f"{path}: output file exists (use --force to replace it)")
-
-
-def select(
-    model: str,
-    target,
-    rule: str | None,
-    *,
-    ratio: float,
-    threshold: float,
-    retain_budget: float,
-    tokens: int,
-    seq_len: int,
-    batch_size: int,
-    profiles_dir: str | None,
-):
-    """Profile (or reuse profiles) and run the rule for a target: a selection.Selection."""
-    from ..selection import select as selection
-    from ..selection import targets
-
-    rule = targets.check_rule(target, rule)
-    inputs = selection.target_inputs(
-        model, target, rule, tokens=tokens, seq_len=seq_len, batch_size=batch_size, profiles_dir=profiles_dir
-    )
-    return selection.apply_rule(
-        model,
-        inputs,
-        rule,
-        ratio=ratio,
-        threshold=threshold,
-        retain_budget=retain_budget,
-        seq_len=seq_len,
-        batch_size=batch_size,
-    )
 
 
 def warn_if_empty(masked: int, rule: str, params: dict) -> None:

@@ -18,8 +18,8 @@ from .registry import (
     list_corpora,
     names,
 )
-from .resolve import HOLDOUT_EVERY, open_corpus, split_profile_docs
-from .store import BuiltCorpus, build, cache_dir, cached, load_split
+from .resolve import HOLDOUT_EVERY, oos_set, open_corpus, split_profile_docs
+from .store import BuiltCorpus, build, cache_dir, cached, home, load_split
 from .user import user_corpus
 
 __all__ = [
@@ -35,9 +35,11 @@ __all__ = [
     "cache_dir",
     "cached",
     "get_spec",
+    "home",
     "list_corpora",
     "load_split",
     "names",
+    "oos_set",
     "open_corpus",
     "split_profile_docs",
     "user_corpus",

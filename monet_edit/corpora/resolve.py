@@ -36,3 +36,11 @@ def split_profile_docs(docs: list[dict]) -> tuple[list[dict], list[dict]]:
         h = int(hashlib.sha256(doc["id"].encode("utf-8")).hexdigest()[:8], 16)
         (holdout if h % HOLDOUT_EVERY == 0 else fit).append(doc)
     return fit, holdout
+
+
+def oos_set(name: str) -> str | None:
+    """The out-of-source eval set of corpus `name`, when one is registered and installed."""
+    from . import registry
+
+    find = getattr(registry, "oos_name", None)
+    return find(name) if find is not None else None

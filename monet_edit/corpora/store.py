@@ -29,18 +29,25 @@ FRACTIONS = (0.8, 0.1, 0.1)  # train / profile / eval, by rank of sha256(id)
 GENERAL_SHARE_CHARS = 120_000  # characters each embedded corpus contributes to `general`
 
 
-def cache_dir() -> Path:
-    """$MONET_EDIT_HOME/corpora if set, else the user's cache dir (~/.cache/monet-edit/corpora)."""
+def home() -> Path:
+    """$MONET_EDIT_HOME if set, else the user's cache dir (~/.cache/monet-edit): corpora, profiles."""
     home = os.environ.get("MONET_EDIT_HOME")
     if home:
-        return Path(home).expanduser() / "corpora"
+        return Path(home).expanduser()
     if sys.platform == "darwin":
         base = Path.home() / "Library" / "Caches"
     elif os.name == "nt":
         base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "monet-edit" / "corpora"
+    return base / "monet-edit"
+
+
+def cache_dir() -> Path:
+    """Built corpora: $MONET_EDIT_CORPORA if set (one corpus cache shared by several homes, e.g. a
+    CI job's or a team's), else <home>/corpora."""
+    shared = os.environ.get("MONET_EDIT_CORPORA")
+    return Path(shared).expanduser() if shared else home() / "corpora"
 
 
 @dataclass

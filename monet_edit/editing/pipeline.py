@@ -3,6 +3,7 @@
 A recipe (monet_edit/recipes/*.toml; the first line is a comment with the command that runs it):
 
     [target]   kind = "domain" | "language" | "toxicity" | "corpus";  name = "law" (or a path)
+               references = ["math", ...]              (optional: default every other corpus)
     [model]    source = "tiny"                          (optional section; --model overrides)
     [profile]  tokens, seq_len, batch_size, dir         (dir optional: the profile cache)
     [select]   rule = "skew" | "corr" | "budget"; ratio (skew) | threshold (corr) | retain_budget (budget)
@@ -29,22 +30,24 @@ from ..errors import GateFailed, UsageError
 from ..evaluation import gates
 from ..infra import tomlconfig
 
-RULE_PARAMS = {"skew": "ratio", "corr": "threshold", "budget": "retain_budget"}
-RANGES = {"ratio": (lambda v: v >= 1, "a number >= 1"), "threshold": (lambda v: 0 < v <= 1, "in (0, 1]"),
-          "retain_budget": (lambda v: 0 <= v < 10, "a relative loss rise in [0, 10)")}  # as selection checks
 REQUIRED_SECTIONS = ("target", "profile", "select", "resect", "eval")
-SCHEMA: dict[str, Any] = {
-    "target": {"kind": str, "name": str},
-    "model": {"source": (str, "tiny")},
-    "profile": {"tokens": (int, 100_000), "seq_len": (int, 256), "batch_size": (int, 8), "dir": (str, None)},
-    "select": {"rule": str, "ratio": (float, None), "threshold": (float, None), "retain_budget": (float, None)},
-    "resect": {"out": str},
-    "eval": {"suites": list, "tokens": (int, 20_000), "seq_len": (int, None), "batch_size": (int, 8),
-             "mcq_items": (int, 100), "prompts": (int, 25), "samples": (int, 5), "max_new_tokens": (int, 20),
-             "seed": (int, 0)},
-    "gate": {"conditions": (list, [])},
-}
-SELECT_DEFAULTS = {"ratio": 2.0, "threshold": 0.1, "retain_budget": 0.02}
+
+
+def schema() -> dict[str, Any]:
+    """The recipe's keys, types and defaults; [select] and [eval] keys come from the rule and suite
+    registries (a rule's or suite's parameter is a recipe key by its name)."""
+    from ..evaluation.plan import all_params
+    from ..selection import rules
+
+    return {
+        "target": {"kind": str, "name": str, "references": (list, None)},
+        "model": {"source": (str, "tiny")},
+        "profile": {"tokens": (int, 100_000), "seq_len": (int, 256), "batch_size": (int, 8), "dir": (str, None)},
+        "select": {"rule": str, **{name: (p.type, None) for name, p in rules.params().items()}},
+        "resect": {"out": str},
+        "eval": {"suites": list, **{name: (p.type, p.default) for name, p in all_params().items()}},
+        "gate": {"conditions": (list, [])},
+    }
 
 
 def recipes_dir() -> Path:
@@ -105,7 +108,7 @@ def _naming(where: str, section: str) -> Iterator[None]:
 def load(recipe: str | Path) -> Recipe:
     """Read and validate a recipe; nothing is computed."""
     from ..evaluation.plan import EvalParams, check_params, parse_suites
-    from ..selection import targets
+    from ..selection import rules, targets
 
     path = find(str(recipe))
     where = str(path)
@@ -115,26 +118,24 @@ def load(recipe: str | Path) -> Recipe:
     for section in REQUIRED_SECTIONS:
         if section not in data:
             raise UsageError(f"{where}: missing section [{section}]")
-    values = tomlconfig.validate(data, SCHEMA, where)
+    values = tomlconfig.validate(data, schema(), where)
     t = values["target"]
-    kinds = ("domain", "language", "toxicity", "corpus")
-    if t["kind"] not in kinds:
-        raise UsageError(f"{where}: target.kind must be one of {', '.join(kinds)}, got {t['kind']!r}")
+    if t["kind"] not in targets.KINDS:
+        raise UsageError(f"{where}: target.kind must be one of {', '.join(targets.KINDS)}, got {t['kind']!r}")
     if t["kind"] == "toxicity" and t["name"] != "toxicity":
         raise UsageError(f"{where}: target.name must be \"toxicity\" for kind toxicity, got {t['name']!r}")
     with _naming(where, "target"):
-        target = targets.resolve(**{t["kind"]: True if t["kind"] == "toxicity" else t["name"]})
+        refs = None if t["references"] is None else _strings(t["references"], where, "target.references")
+        target = targets.resolve(**{t["kind"]: True if t["kind"] == "toxicity" else t["name"]}, references=refs)
     sel = values["select"]
-    if sel["rule"] not in RULE_PARAMS:
-        raise UsageError(f"{where}: select.rule must be one of {', '.join(RULE_PARAMS)}, got {sel['rule']!r}")
-    for rule, key in RULE_PARAMS.items():
-        if rule != sel["rule"] and sel[key] is not None:
-            raise UsageError(f"{where}: select.{key} applies to rule {rule}, not {sel['rule']}")
-    key = RULE_PARAMS[sel["rule"]]
-    rule_params = {key: SELECT_DEFAULTS[key] if sel[key] is None else sel[key]}
-    ok, expected = RANGES[key]
-    if not ok(rule_params[key]):
-        raise UsageError(f"{where}: select.{key} must be {expected}, got {rule_params[key]}")
+    chosen = rules.registry().get(sel["rule"])
+    if chosen is None:
+        raise UsageError(f"{where}: select.rule must be one of {', '.join(rules.registry())}, got {sel['rule']!r}")
+    for other in rules.registry().values():
+        for p in other.params:
+            if p not in chosen.params and sel[p.name] is not None:
+                raise UsageError(f"{where}: select.{p.name} applies to rule {other.name}, not {chosen.name}")
+    rule_params = rules.resolve_params(chosen, sel, where=f"{where}: select.")
     for name in ("tokens", "seq_len", "batch_size"):
         if values["profile"][name] < 1:
             raise UsageError(f"{where}: profile.{name} must be at least 1, got {values['profile'][name]}")
@@ -157,21 +158,19 @@ def run(recipe: str | Path, *, model: str | None = None, out: str | None = None,
     from ..evaluation.compare import evaluate
     from ..infra import provenance
     from ..model import checkpoint
+    from ..selection import rules
     from ..selection import select as selection
     from . import resect
 
     rec = load(recipe)
-    source = model or rec.values["model"]["source"]
-    base = checkpoint.resolve(source)
-    config = checkpoint.load_config(base)
+    base = checkpoint.of(model or rec.values["model"]["source"])
+    config = base.config
     out_dir = Path(out or rec.values["resect"]["out"])
-    resect.check_output(out_dir, base, force)
+    resect.check_output(out_dir, base.dir, force)
     prof = rec.values["profile"]
-    log(f"profile: {', '.join(rec.target.corpora if rec.rule != 'corr' else [rec.target.name])}")
-    inputs = selection.target_inputs(source, rec.target, rec.rule, tokens=prof["tokens"], seq_len=prof["seq_len"],
-                                     batch_size=prof["batch_size"], profiles_dir=prof["dir"], device=device)
-    sel = selection.apply_rule(source, inputs, rec.rule, seq_len=prof["seq_len"], batch_size=prof["batch_size"],
-                               **rec.rule_params)
+    log(f"profile: {', '.join(rec.target.corpora if rules.get(rec.rule).needs_references else [rec.target.name])}")
+    sel = selection.select(base, rec.target, rec.rule, tokens=prof["tokens"], seq_len=prof["seq_len"],
+                           batch_size=prof["batch_size"], profiles_dir=prof["dir"], device=device, **rec.rule_params)
     masked = sum(sel.counts(config))
     log(f"select: {rec.rule} {rec.rule_params} masks {masked} of {config.num_experts * config.num_groups} experts")
     if masked == 0 and rec.conditions:
@@ -179,12 +178,12 @@ def run(recipe: str | Path, *, model: str | None = None, out: str | None = None,
                          f"gates cannot pass (nothing written)")
     if masked == 0:
         log("warning: empty selection (0 experts masked); continuing without gates")
-    results = evaluate(source, source, rec.target, rec.eval_params, edited_mask=sel.masks, device=device, log=log)
+    results = evaluate(base, base, rec.target, rec.eval_params, edited_mask=sel.masks, device=device, log=log)
     results["recipe"] = {"path": str(rec.path), "sha256": provenance.sha256_file(rec.path), "values": rec.values}
     results["selection"] = {"rule": rec.rule, "params": sel.params, "counts": sel.counts(config),
                             "masked": masked, "sources": sel.sources}
     results["gates"] = gates.check(rec.conditions, results["summary"])
-    written = resect.resect(source, sel.masks, out_dir, force=force,
+    written = resect.resect(base, sel.masks, out_dir, force=force,
                             command=command or f"monet-edit run {rec.path}", mask_meta=sel.meta(config),
                             eval_summary=report.finite(results["summary"]))
     results["edited"].update(source=str(written), dir=str(written.resolve()))

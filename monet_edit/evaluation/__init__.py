@@ -1,4 +1,4 @@
-"""Evaluation of an edit: base vs edited model on held-out eval splits (DESIGN.md section 4).
+"""Evaluation of an edit: base vs edited model on held-out eval splits (README: Design notes).
 
 `prepare` turns user input into a Plan and fails fast (UsageError) on anything wrong, before any
 model runs; `execute` computes the suites, writes results.json + results.md, and checks gates
@@ -23,7 +23,6 @@ from .plan import (
     EvalParams,
     Target,
     check_params,
-    edit_record,
     parse_suites,
     record_base,
     record_target,
@@ -35,8 +34,8 @@ __all__ = ["EvalParams", "Plan", "Target", "execute", "prepare", "target_from_na
 
 @dataclass
 class Plan:
-    model: str
-    base: str
+    model: checkpoint.Checkpoint
+    base: checkpoint.Checkpoint
     target: Target
     params: EvalParams
     conditions: list[gates.Condition]
@@ -59,47 +58,38 @@ def default_out(model_dir: Path, record: dict | None) -> Path:
     return Path(f"eval-{name}")
 
 
-def stored_masked(directory: Path) -> int:
-    """Experts masked by the masks stored in a checkpoint (reads only the mask tensors)."""
-    masks = checkpoint.stored_masks(checkpoint.read_headers(directory), checkpoint.load_config(directory))
-    return sum(int(m.sum()) for m in masks.values())
-
-
 def prepare(model: str | None = None, base: str | None = None, target: str | None = None, *,
             suites: str | None = None, gate: str | None = None, out: str | Path | None = None,
             force: bool = False, device: str | None = None, resume: bool = False, **params) -> Plan:
     """Validate everything an evaluation needs; raise UsageError naming the bad input."""
-    model = model or default_model()
-    model_dir = checkpoint.resolve(model)
-    record = edit_record(model_dir)
+    edited = checkpoint.of(model or default_model())
+    record = edited.edit_record
     if base is None:
         if record is None:
-            raise UsageError(f"{model}: no edit record in config.json (not a resected checkpoint); "
+            raise UsageError(f"{edited}: no edit record in config.json (not a resected checkpoint); "
                              f"give --base MODEL to compare against")
-        base = record_base(record, model_dir)
-    base_dir = checkpoint.resolve(base)
+        base = record_base(record, edited.dir)
+    base_ckpt = checkpoint.of(base)
     if target is not None:
         tgt = target_from_name(target)
     elif record is not None:
-        tgt = record_target(record, model_dir)
+        tgt = record_target(record, edited.dir)
     else:
-        raise UsageError(f"{model}: no edit record names the target; give --target CORPUS")
+        raise UsageError(f"{edited}: no edit record names the target; give --target CORPUS")
     plan_params = EvalParams(suites=parse_suites(suites, tgt), **params)
     check_params(plan_params)
     parse_device(device)
     conditions = gates.parse(gate, plan_params.suites) if gate is not None else []
-    if conditions and empty_selection(model_dir, base_dir):
-        raise GateFailed(f"{model}: empty selection, the edited model masks no experts and equals its base; "
+    if conditions and empty_selection(edited, base_ckpt):
+        raise GateFailed(f"{edited}: empty selection, the edited model masks no experts and equals its base; "
                          f"gates cannot pass (nothing evaluated or written)")
-    out_path = atomic.check_new_dir(out if out is not None else default_out(model_dir, record), force)
-    return Plan(str(model), str(base), tgt, plan_params, conditions, out_path, force, device=device,
-                resume=resume)
+    out_path = atomic.check_new_dir(out if out is not None else default_out(edited.dir, record), force)
+    return Plan(edited, base_ckpt, tgt, plan_params, conditions, out_path, force, device=device, resume=resume)
 
 
-def empty_selection(model_dir: Path, base_dir: Path) -> bool:
+def empty_selection(edited: checkpoint.Checkpoint, base: checkpoint.Checkpoint) -> bool:
     """True when the edited model can only differ from its base by masks and masks nothing."""
-    same = checkpoint.model_fingerprint(model_dir) == checkpoint.model_fingerprint(base_dir)
-    return same and stored_masked(model_dir) == 0
+    return edited.fingerprint == base.fingerprint and edited.masked == 0
 
 
 def execute(plan: Plan, log: Callable[[str], None] = lambda _: None,

@@ -65,13 +65,12 @@ def _masked(model) -> tuple[int, int]:
     return sum(int(m.sum()) for m in model.masks().values()), cfg.num_groups * cfg.moe_experts ** 2
 
 
-def _stored_masks_sha(directory: Path) -> str:
+def _stored_masks_sha(ckpt: checkpoint.Checkpoint) -> str:
     """sha256 of the masks a checkpoint carries (its fingerprint leaves them out on purpose)."""
     import hashlib
 
-    masks = checkpoint.stored_masks(checkpoint.read_headers(directory), checkpoint.load_config(directory))
     digest = hashlib.sha256()
-    for group, mask in sorted(masks.items()):
+    for group, mask in sorted(ckpt.stored_masks.items()):
         digest.update(str(group).encode("utf-8") + mask.numpy().tobytes())
     return digest.hexdigest()
 
@@ -83,7 +82,7 @@ def _mask_record(mask) -> dict | None:
     return None
 
 
-def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edited_mask=None,
+def evaluate(base, edited, target: Target, params: EvalParams, *, edited_mask=None,
              device=None, log: Callable[[str], None] = lambda _: None, journal_for: Path | None = None,
              resume: bool = False) -> dict:
     """Results of comparing `edited` (with `edited_mask` applied on top, if given) to `base`.
@@ -94,16 +93,16 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
     import torch
 
     from ..infra import distributed
-    from ..model.loading import load_model, load_tokenizer
+    from ..model.loading import load_model
 
     group = distributed.group()
     device = distributed.rank_device(device, group)
 
-    base_dir, edited_dir = checkpoint.resolve(base), checkpoint.resolve(edited)
-    tokenizer = load_tokenizer(edited_dir)
-    if load_tokenizer(base_dir).vocab_size != tokenizer.vocab_size:
+    base, edited = checkpoint.of(base), checkpoint.of(edited)
+    tokenizer = edited.tokenizer
+    if base.tokenizer.vocab_size != tokenizer.vocab_size:
         raise UsageError(f"{edited}: tokenizer differs from the base model's ({base}); cannot compare")
-    config = checkpoint.load_config(edited_dir)
+    config = edited.config
     seq_len = params.seq_len or min(MAX_SEQ_LEN, config.max_position_embeddings)
     if seq_len > config.max_position_embeddings:
         raise UsageError(f"--seq-len {seq_len} exceeds the model's {config.max_position_embeddings} positions")
@@ -111,10 +110,10 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
         raise UsageError(f"--max-new-tokens {params.max_new_tokens} leaves no room for a prompt in the "
                          f"model's {config.max_position_embeddings} positions")
     data = group.first(lambda: load_data(target, params, tokenizer, seq_len))  # rank 0 fills the corpus cache
-    base_fp, edited_fp = checkpoint.model_fingerprint(base_dir), checkpoint.model_fingerprint(edited_dir)
+    base_fp, edited_fp = base.fingerprint, edited.fingerprint
     journal = None
     if journal_for is not None:
-        job = {"base": base_fp, "edited": edited_fp, "edited_masks": _stored_masks_sha(edited_dir),
+        job = {"base": base_fp, "edited": edited_fp, "edited_masks": _stored_masks_sha(edited),
                "mask": _mask_record(edited_mask), "target": target.name, "corpora": data["fingerprints"],
                "parameters": dict(params.to_dict(), seq_len=seq_len)}
         journal = Journal(Path(journal_for), job, group, resume=resume)
@@ -123,8 +122,8 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
     if group.world > 1:
         log(f"data-parallel on {group.world} ranks ({group.backend})")
     sides, masked = {}, (0, 0)
-    for side, source, mask in (("before", base_dir, None), ("after", edited_dir, edited_mask)):
-        log(f"{side}: {source}" + (" + selected mask" if mask is not None else ""))
+    for side, source, mask in (("before", base, None), ("after", edited, edited_mask)):
+        log(f"{side}: {source.dir}" + (" + selected mask" if mask is not None else ""))
         model = load_model(source, mask=mask, device=device)
         if side == "after":
             masked = _masked(model)
@@ -140,8 +139,8 @@ def evaluate(base: str, edited: str, target: Target, params: EvalParams, *, edit
     return {
         "provenance": provenance.record(seed=params.seed),
         "ranks": group.world,
-        "base": {"source": str(base), "dir": str(base_dir), "fingerprint": base_fp},
-        "edited": {"source": str(edited), "dir": str(edited_dir), "fingerprint": edited_fp,
+        "base": {"source": str(base), "dir": str(base.dir), "fingerprint": base_fp},
+        "edited": {"source": str(edited), "dir": str(edited.dir), "fingerprint": edited_fp,
                    "mask": _mask_record(edited_mask), "experts_masked": masked[0], "experts_total": masked[1]},
         "target": {"name": target.name, "kind": target.kind, "references": list(target.references)},
         "parameters": dict(params.to_dict(), seq_len=seq_len),

@@ -4,12 +4,10 @@ input fails before minutes of computation."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import UsageError
 from ..infra.params import Param, at_least, by_name
-from ..infra.provenance import RECORD_KEY
 from ..model import checkpoint
 from ..selection import targets
 from ..selection.targets import Target
@@ -100,16 +98,6 @@ def check_params(params: EvalParams) -> None:
         from .harness import task_manager
 
         task_manager(params.lm_eval, params.lm_eval_include)
-
-
-def edit_record(directory: Path) -> dict | None:
-    """The edit record of a resected checkpoint (config.json key `monet_edit`), or None."""
-    try:
-        data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    record = data.get(RECORD_KEY) if isinstance(data, dict) else None
-    return record if isinstance(record, dict) else None
 
 
 def record_base(record: dict, where: Path) -> str:

@@ -1,6 +1,6 @@
 """Data parallelism on torch.distributed, launched by torchrun (or by `--nproc N`, which runs it).
 
-Profiles and evaluation results are sums (DESIGN.md 3, scoring.LossSums), so ranks split the work
+Profiles and evaluation results are sums or mergeable moments (profiling.stats, scoring.LossSums), so ranks split the work
 by whole batches, compute partial sums and add them with an all-reduce: the same batches as one
 process, only the order of the final float64 additions differs. Rank 0 alone decides (what to
 reuse or resume), writes files and prints; the others follow its decisions through broadcasts.

@@ -3,7 +3,7 @@
 These functions define the semantics every accelerated kernel is tested against. Shapes use
 N tokens, H router heads, E sub-experts per side, m (or m/2) activation width per sub-expert.
 
-Masking (DESIGN.md section 2) never expands the E*E experts: only the pairs (i, j) where both
+Masking never expands the E*E experts: only the pairs (i, j) where both
 g1[h, i] and g2[h, j] are non-zero can carry weight, at most H*k1*k2 per token, and the masked
 part of those is subtracted from the mixed activations before the output projection.
 """

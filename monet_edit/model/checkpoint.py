@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -258,11 +259,20 @@ def file_metadata(path: Path) -> dict[str, str]:
         raise UsageError(f"{path}: not a valid safetensors file ({str(exc).splitlines()[0][:160]})") from None
 
 
+def tensor_bytes(fh, info: TensorInfo, block: int = 1 << 22):
+    """The raw bytes of one tensor from its open file, in blocks (no torch, bounded memory)."""
+    fh.seek(info.start)
+    remaining = info.end - info.start
+    while remaining:
+        data = fh.read(min(remaining, block))
+        if not data:
+            raise UsageError(f"{info.file}: truncated inside a tensor")
+        yield data
+        remaining -= len(data)
+
+
 def load_config(directory: Path) -> MonetConfig:
     return MonetConfig.from_file(directory / "config.json")
-
-
-_FINGERPRINTS: dict[tuple, str] = {}
 
 
 def model_fingerprint(directory: Path) -> str:
@@ -274,9 +284,6 @@ def model_fingerprint(directory: Path) -> str:
     import hashlib
 
     files = weight_files(directory)
-    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    if key in _FINGERPRINTS:
-        return _FINGERPRINTS[key]
     infos = read_headers(directory)
     h = hashlib.sha256()
     handles = {f: open(f, "rb") for f in files}
@@ -286,15 +293,67 @@ def model_fingerprint(directory: Path) -> str:
             if MASK_KEY.match(name):
                 continue
             h.update(f"{name}|{info.dtype}|{list(info.shape)}|".encode())
-            fh = handles[info.file]
-            fh.seek(info.start)
-            remaining = info.end - info.start
-            while remaining:
-                block = fh.read(min(remaining, 1 << 22))
+            for block in tensor_bytes(handles[info.file], info):
                 h.update(block)
-                remaining -= len(block)
     finally:
         for fh in handles.values():
             fh.close()
-    _FINGERPRINTS[key] = digest = h.hexdigest()
-    return digest
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A model argument resolved once at the edge (CLI, recipe, library entry point) and passed
+    down: its directory, and each thing read from it (config, tensor headers, fingerprint, stored
+    masks, edit record, tokenizer) read at most once. `source` is what the user gave."""
+
+    source: str
+    dir: Path
+
+    def __str__(self) -> str:
+        return self.source
+
+    def __fspath__(self) -> str:
+        return str(self.dir)
+
+    @cached_property
+    def config(self) -> MonetConfig:
+        return load_config(self.dir)
+
+    @cached_property
+    def infos(self) -> dict[str, TensorInfo]:
+        return read_headers(self.dir)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.dir)
+
+    @cached_property
+    def stored_masks(self) -> dict[int, Any]:
+        return stored_masks(self.infos, self.config)
+
+    @property
+    def masked(self) -> int:
+        """Experts masked by the masks stored in the checkpoint."""
+        return sum(int(m.sum()) for m in self.stored_masks.values())
+
+    @cached_property
+    def edit_record(self) -> dict | None:
+        """The edit record monet-edit wrote into config.json (a resected checkpoint), or None."""
+        from ..infra.provenance import RECORD_KEY
+
+        record = self.config.extra.get(RECORD_KEY)
+        return record if isinstance(record, dict) else None
+
+    @cached_property
+    def tokenizer(self):
+        from .tokenizer import Tokenizer
+
+        return Tokenizer.from_dir(self.dir)
+
+
+def of(source: str | Path | Checkpoint) -> Checkpoint:
+    """The Checkpoint of a model argument (a Checkpoint is returned as it is)."""
+    if isinstance(source, Checkpoint):
+        return source
+    return Checkpoint(str(source), resolve(source))

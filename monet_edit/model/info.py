@@ -6,27 +6,25 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from ..infra.provenance import RECORD_KEY
 from . import checkpoint
 
 
-def describe(source: str | Path) -> dict[str, Any]:
+def describe(source: str | Path | checkpoint.Checkpoint) -> dict[str, Any]:
     """Architecture, sizes, parameter count, dtype, masks and fingerprint of a checkpoint.
 
     Reads no tensor except the (small) masks, so it is instant even for multi-GB checkpoints.
     """
-    directory = checkpoint.resolve(source)
-    cfg = checkpoint.load_config(directory)
-    infos = checkpoint.read_headers(directory)
-    checkpoint.check_tensors(cfg, infos, directory)
+    ckpt = checkpoint.of(source)
+    cfg, infos = ckpt.config, ckpt.infos
+    checkpoint.check_tensors(cfg, infos, ckpt.dir)
     params = sum(prod(i.shape) for n, i in infos.items()
                  if not checkpoint.MASK_KEY.match(n) and ".router.norm" not in n)
     dtypes = sorted({i.dtype for n, i in infos.items() if i.dtype not in ("BOOL", "I64")})
     masked = [0] * cfg.num_groups
-    for group, mask in checkpoint.stored_masks(infos, cfg).items():
+    for group, mask in ckpt.stored_masks.items():
         masked[group] = int(mask.sum())
     return {
-        "path": str(directory),
+        "path": str(ckpt.dir),
         "model_type": "monet",
         "decomposition": cfg.moe_decompose,
         "hidden_size": cfg.hidden_size,
@@ -46,6 +44,6 @@ def describe(source: str | Path) -> dict[str, Any]:
         "dtype": dtypes[0].lower() if len(dtypes) == 1 else dtypes,
         "masked_experts_per_group": masked,
         "masked_fraction": sum(masked) / (cfg.num_experts * cfg.num_groups),
-        "weights_sha256": checkpoint.model_fingerprint(directory),
-        "edit": cfg.extra.get(RECORD_KEY),
+        "weights_sha256": ckpt.fingerprint,
+        "edit": ckpt.edit_record,
     }

@@ -39,7 +39,8 @@ def parse_device(device: Any):
     return dev
 
 
-def load_model(source: str | Path, *, dtype: Any = None, device: Any = None, mask: Any = None):
+def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None, device: Any = None,
+               mask: Any = None):
     """Load a Monet checkpoint in eval mode with its masks (and `mask`, if given) applied.
 
     source: a checkpoint directory, a packaged model name ('tiny') or a Hub id (downloaded into
@@ -51,11 +52,11 @@ def load_model(source: str | Path, *, dtype: Any = None, device: Any = None, mas
 
     from .monet import MonetForCausalLM, RotaryEmbedding
 
-    directory = checkpoint.resolve(source)
-    config = checkpoint.load_config(directory)
+    ckpt = checkpoint.of(source)
+    config = ckpt.config
     dev = parse_device(device)
-    infos = checkpoint.read_headers(directory)
-    checkpoint.check_tensors(config, infos, directory)
+    infos = ckpt.infos
+    checkpoint.check_tensors(config, infos, ckpt.dir)
     extra = _mask_argument(mask, config)
     tensors = checkpoint.read_tensors(infos)
     stored = {}
@@ -79,11 +80,8 @@ def load_model(source: str | Path, *, dtype: Any = None, device: Any = None, mas
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
     model.to(dev)
-    combined = dict(stored)
-    for g, m in extra.items():
-        combined[g] = combined[g] | m if g in combined else m
-    model.set_masks(combined)
-    model.source = directory
+    model.set_masks(masks_mod.combine(stored, extra))
+    model.checkpoint = ckpt
     return model.eval()
 
 
@@ -96,8 +94,6 @@ def _mask_argument(mask: Any, config) -> dict:
     return masks_mod.normalise(mask, config)
 
 
-def load_tokenizer(source: str | Path):
+def load_tokenizer(source: str | Path | checkpoint.Checkpoint):
     """The tokenizer of a checkpoint (tokenizer.json or SentencePiece tokenizer.model)."""
-    from .tokenizer import Tokenizer
-
-    return Tokenizer.from_dir(checkpoint.resolve(source))
+    return checkpoint.of(source).tokenizer

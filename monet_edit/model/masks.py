@@ -75,6 +75,15 @@ def load(path: str | Path, config: MonetConfig | None = None) -> tuple[dict, dic
     return masks, meta or {}
 
 
+def combine(*masks: dict) -> dict:
+    """The union (logical or) of several {group: bool [E, E]} dicts: an expert masked by any is masked."""
+    out: dict = {}
+    for part in masks:
+        for g, m in part.items():
+            out[g] = out[g] | m.to(out[g].device) if g in out else m
+    return out
+
+
 def counts(masks: dict, config: MonetConfig) -> list[int]:
     """Masked experts per group, for every group of the model."""
     return [int(masks[g].sum()) if g in masks else 0 for g in range(config.num_groups)]

@@ -1,4 +1,5 @@
-"""The model card (README.md) written beside every resected checkpoint, from its edit record.
+"""Model cards (README.md) of the checkpoints monet-edit writes: an edited (resected) one from its
+edit record, a trained one from its training record.
 
 `eval_summary` (optional) is what `eval` reports: a flat dict whose `X_before` / `X_after` pairs
 (and any `table` rows {"metric", "before", "after"}) become a before/after table with deltas;
@@ -46,7 +47,7 @@ def eval_section(summary: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def render(record: dict[str, Any], config, out_name: str) -> str:
+def edited(record: dict[str, Any], config, out_name: str) -> str:
     """Markdown for a checkpoint whose config.json carries `record` under `monet_edit`."""
     base = record["base"]
     counts = record["counts"]
@@ -116,6 +117,52 @@ def render(record: dict[str, Any], config, out_name: str) -> str:
         "```json",
         json.dumps(record.get("provenance", {}), indent=2, sort_keys=True),
         "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def trained(record: dict) -> str:
+    """Model card (README.md) of a trained checkpoint: data, steps, tokens, held-out quality."""
+    m, r = record["metrics"], record["recipe"]
+    lines = [
+        f"# {r['name']}: a small Monet trained by monet-edit",
+        "",
+        f"Trained with `monet-edit train` (recipe `{r['name']}`, seed {r['seed']}) from random initialisation on "
+        "the embedded offline corpora (train splits only). It exists so every monet-edit command works offline; "
+        "it is far too small to be a useful language model.",
+        "",
+        "## Architecture",
+        "",
+        "| field | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in r["model"].items()],
+        f"| vocab_size | {r['tokenizer']['vocab_size']} (byte-level BPE trained on the same data) |",
+        f"| parameters | {record['parameters']:,} |",
+        "",
+        "## Training",
+        "",
+        f"- steps: {record['steps']}, batch {r['optim']['batch_size']} x {r['data']['seq_len']} tokens, "
+        f"{record['tokens']:,} tokens in all",
+        f"- AdamW lr {r['optim']['lr']} (warmup {r['optim']['warmup_steps']}, cosine to "
+        f"{r['optim']['min_lr_ratio']}x), weight decay {r['optim']['weight_decay']}, clip {r['optim']['grad_clip']}, "
+        f"auxiliary routing losses weight {r['optim']['aux_weight']}",
+        f"- wall time: {record['train_seconds'] / 60:.1f} min on {record['threads']} CPU threads",
+        f"- corpora (fingerprints in training.json): {', '.join(sorted(record['corpora']))}",
+        "- toxicity text is fortunes scored by a bag-of-words profanity classifier: weak labels",
+        "",
+        "## Held-out loss per corpus (eval splits, nats/token)",
+        "",
+        "| corpus | loss | unigram baseline | next-token accuracy |", "|---|---|---|---|",
+        *[f"| {n} | {v['loss']:.3f} | {v['unigram_loss']:.3f} | {v['accuracy']:.3f} |"
+          for n, v in m["per_corpus"].items()],
+        "",
+        "## Routing health",
+        "",
+        f"- fraction of the {m['routing']['experts_per_group']} experts used per routing group (on eval tokens): "
+        f"{m['routing']['fraction_experts_used_per_group']}",
+        f"- mean active experts per token (per group): {m['routing']['mean_active_experts_per_token']}",
+        "",
+        f"Made by monet-edit {record['provenance']['version']} (git {record['provenance']['git_revision']}).",
         "",
     ]
     return "\n".join(lines)

@@ -50,7 +50,7 @@ def profile_rows(
         zeros = torch.zeros(cfg.num_groups, cfg.moe_experts, cfg.moe_experts, dtype=torch.float64)
         labelled = labels is not None
         return Profile(0, zeros, zeros.clone() if labelled else None, zeros.clone() if labelled else None,
-                       0.0 if labelled else None, 0.0 if labelled else None, dict(meta or {}, tokens=0))
+                       0.0 if labelled else None, 0.0 if labelled else None, dict(meta or {}, tokens=0), zeros.clone())
     total = merge_all(parts)
     return replace(total, meta=dict(meta or {}, tokens=total.n))
 
@@ -59,7 +59,7 @@ def _to_cpu(p: Profile) -> Profile:
     def cpu(t):
         return None if t is None else t.cpu()
 
-    return replace(p, S=cpu(p.S), M2=cpu(p.M2), C=cpu(p.C))
+    return replace(p, S=cpu(p.S), M2=cpu(p.M2), C=cpu(p.C), A=cpu(p.A))
 
 
 class _Bar:
@@ -93,16 +93,16 @@ def _reduce(local: Profile, group: distributed.Group) -> Profile:
     """Every rank's `local` profile merged, on every rank: sums are all-reduced; centred moments
     are gathered and merged in rank order (a sum of them would be wrong)."""
     if not local.labelled:
-        (S,) = group.sum([local.S])
+        S, A = group.sum([local.S, local.A])
         (n,) = group.sum_numbers([local.n])
-        return Profile(int(n), S, meta=local.meta)
-    tensors = [local.S, local.M2, local.C,
+        return Profile(int(n), S, meta=local.meta, A=A)
+    tensors = [local.S, local.M2, local.C, local.A,
                torch.tensor([local.n, local.sum_y, local.m2_y], dtype=torch.float64)]
     parts = []
-    for S, M2, C, head in group.gather(tensors):
+    for S, M2, C, A, head in group.gather(tensors):
         n, sum_y, m2_y = head.tolist()
         if n > 0:
-            parts.append(Profile(int(n), S, M2, C, sum_y, m2_y, local.meta))
+            parts.append(Profile(int(n), S, M2, C, sum_y, m2_y, local.meta, A))
     return merge_all(parts) if parts else local
 
 

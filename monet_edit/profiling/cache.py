@@ -19,8 +19,8 @@ from .files import StaleProfile, load, save
 
 
 def default_dir() -> Path:
-    """$MONET_EDIT_HOME/profiles (beside the corpus cache)."""
-    return corpora.cache_dir().parent / "profiles"
+    """<home>/profiles ($MONET_EDIT_HOME/profiles when set)."""
+    return corpora.home() / "profiles"
 
 
 def profile_path(
@@ -50,11 +50,11 @@ def ensure_profiles(
 
     Under torchrun every rank calls this: the shards are shared out, rank 0 writes. Completed
     shards are journalled beside the profile; `resume` reuses those of an interrupted run."""
-    from ..model.loading import load_model, load_tokenizer
+    from ..model.loading import load_model
 
     group = distributed.group()
-    directory = checkpoint.resolve(model_source)
-    model_fp = checkpoint.model_fingerprint(directory)
+    ckpt = checkpoint.of(model_source)
+    model_fp = ckpt.fingerprint
     out = Path(out_dir) if out_dir is not None else default_dir()
     built = group.first(lambda: {name: open_corpus(name) for name in corpus_names})
     model = tokenizer = None
@@ -78,7 +78,7 @@ def ensure_profiles(
                 continue
             if model is None:
                 dev = distributed.rank_device(device, group)
-                model, tokenizer = load_model(directory, device=dev), load_tokenizer(directory)
+                model, tokenizer = load_model(ckpt, device=dev), ckpt.tokenizer
             labels = corpus.spec.kind == "toxicity"
             per_shard = shard_rows(shard_tokens, seq_len, batch_size)
             job = {"model_fingerprint": model_fp, "corpus_fingerprint": corpus.fingerprint, "tokens": tokens,
@@ -91,7 +91,7 @@ def ensure_profiles(
             ref = resolved if corpus.spec.source == resolved else corpus.spec.name  # user corpora: their path
             meta = {
                 "model_fingerprint": model_fp,
-                "model": str(model_source),
+                "model": str(ckpt),
                 "corpus": corpus.spec.name,
                 "corpus_ref": ref,
                 "corpus_kind": corpus.spec.kind,

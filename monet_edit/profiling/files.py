@@ -1,5 +1,5 @@
 """Profile files: safetensors with float64 [groups, E, E] tensors `S` (and `M2`, `C` when
-labelled) and a `monet_edit` metadata entry holding JSON {format, n, sum_y, m2_y, meta}.
+labelled), `A` (head activation counts; the contrastive rule) and a `monet_edit` metadata entry holding JSON {format, n, sum_y, m2_y, meta}.
 
 Format 1 stored raw power sums (S2, SY) whose one-pass correlation cancelled; such files are
 refused with a line saying to re-profile (StaleProfile), and the cache recomputes them.
@@ -36,6 +36,8 @@ def serialise(profile: Profile) -> bytes:
     from safetensors.torch import save as st_save
 
     tensors = {"S": profile.S}
+    if profile.A is not None:
+        tensors["A"] = profile.A
     if profile.labelled:
         tensors.update(M2=profile.M2, C=profile.C)
     tensors = {k: v.to(torch.float64).contiguous() for k, v in tensors.items()}
@@ -66,8 +68,8 @@ def load(path: str | Path, *, model_fingerprint: str | None = None, config=None)
         )
     S = tensors.get("S")
     labelled = "C" in tensors
-    if S is None or S.dim() != 3 or S.shape[1] != S.shape[2] or set(tensors) - {"S", "M2", "C"}:
-        raise UsageError(f"{path}: profile tensors must be S (and M2, C) of shape [groups, E, E]")
+    if S is None or S.dim() != 3 or S.shape[1] != S.shape[2] or set(tensors) - {"S", "A", "M2", "C"}:
+        raise UsageError(f"{path}: profile tensors must be S, A (and M2, C) of shape [groups, E, E]")
     if labelled != ("M2" in tensors) or any(t.shape != S.shape for t in tensors.values()):
         raise UsageError(f"{path}: profile tensors S, M2, C must all be present with the same shape")
     n = head.get("n")
@@ -92,5 +94,5 @@ def load(path: str | Path, *, model_fingerprint: str | None = None, config=None)
             f"[{config.num_groups}, {config.moe_experts}, {config.moe_experts}]"
         )
     if labelled:
-        return Profile(n, S, tensors["M2"], tensors["C"], float(sums[0]), float(sums[1]), meta)
-    return Profile(n, S, meta=meta)
+        return Profile(n, S, tensors["M2"], tensors["C"], float(sums[0]), float(sums[1]), meta, tensors.get("A"))
+    return Profile(n, S, meta=meta, A=tensors.get("A"))

@@ -32,6 +32,7 @@ class Profile:
     sum_y: float | None = None
     m2_y: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    A: torch.Tensor | None = None  # head activations: sum over tokens and heads of 1[g1 > 0] 1[g2 > 0]
 
     @property
     def labelled(self) -> bool:
@@ -48,6 +49,13 @@ class Profile:
     def mean(self) -> torch.Tensor:
         """Mean routing weight per token, [groups, E, E] (s_e in the skew rule)."""
         return self.S / self.n
+
+    def activation_rate(self) -> torch.Tensor:
+        """Heads that activate the expert, per token, [groups, E, E] (in [0, H]; the contrastive rule)."""
+        if self.A is None:
+            raise UsageError(f"profile of {self.meta.get('corpus', 'this corpus')} has no activation counts "
+                             f"(made by an older monet-edit); re-profile it")
+        return self.A / self.n
 
     def pearson(self) -> torch.Tensor:
         """Pearson r between G_e(t) and y(t) per expert, [groups, E, E]; 0 where a variance is 0."""
@@ -79,13 +87,14 @@ class Profile:
 def merge(a: Profile, b: Profile) -> Profile:
     """The statistics of a and b together (Chan et al.'s update: centred moments never cancel)."""
     n = a.n + b.n
+    A = a.A + b.A if a.A is not None and b.A is not None else None
     if not a.labelled:
-        return Profile(n, a.S + b.S, meta=a.meta)
+        return Profile(n, a.S + b.S, meta=a.meta, A=A)
     f = a.n * b.n / n
     d = b.S / b.n - a.S / a.n
     dy = b.sum_y / b.n - a.sum_y / a.n
     return Profile(n, a.S + b.S, a.M2 + b.M2 + d * d * f, a.C + b.C + d * (dy * f),
-                   a.sum_y + b.sum_y, a.m2_y + b.m2_y + dy * dy * f, a.meta)
+                   a.sum_y + b.sum_y, a.m2_y + b.m2_y + dy * dy * f, a.meta, A)
 
 
 def merge_all(parts: list[Profile]) -> Profile:
@@ -104,9 +113,10 @@ def group_stats(g1: torch.Tensor, g2: torch.Tensor, y: torch.Tensor | None) -> P
     (CHUNK_ELEMENTS bounds the memory), centred exactly within the chunk, chunks merged."""
     g1, g2 = g1.double(), g2.double()
     N, H, E = g1.shape
+    A = (g1 > 0).double().reshape(N * H, E).T @ (g2 > 0).double().reshape(N * H, E)
     if y is None:
         S = g1.reshape(N * H, E).T @ g2.reshape(N * H, E)
-        return Profile(N, S[None])
+        return Profile(N, S[None], A=A[None])
     y = y.double()
     step = max(1, CHUNK_ELEMENTS // (E * E))
     parts = []
@@ -119,7 +129,7 @@ def group_stats(g1: torch.Tensor, g2: torch.Tensor, y: torch.Tensor | None) -> P
         M2 = torch.einsum("nij,nij->ij", G, G)
         C = torch.einsum("n,nij->ij", yc, G)
         parts.append(Profile(len(yy), S[None], M2[None], C[None], float(yy.sum()), float(yc @ yc)))
-    return merge_all(parts)
+    return replace(merge_all(parts), A=A[None])
 
 
 def stack_groups(per_group: list[Profile], meta: dict | None = None) -> Profile:
@@ -129,7 +139,7 @@ def stack_groups(per_group: list[Profile], meta: dict | None = None) -> Profile:
     def cat(name: str) -> torch.Tensor | None:
         return None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in per_group])
 
-    return Profile(first.n, cat("S"), cat("M2"), cat("C"), first.sum_y, first.m2_y, dict(meta or {}))
+    return Profile(first.n, cat("S"), cat("M2"), cat("C"), first.sum_y, first.m2_y, dict(meta or {}), cat("A"))
 
 
 def summary(profile: Profile, top: int = 5) -> list[dict]:

@@ -86,11 +86,11 @@ def _experts_section(page: Page, run, chosen: list[tuple[int, int, int]], scores
         page.notes.append("top tokens not shown: the run records no model or target corpus (give --model/--corpus)")
         return
     try:
-        directory = checkpoint.resolve(run.model)
-        config = checkpoint.load_config(directory)
+        ckpt = checkpoint.of(run.model)
+        config = ckpt.config
         seq_len = min(int((run.target_profile.meta if run.target_profile else {}).get("seq_len", DEFAULT_SEQ_LEN)),
                       config.max_position_embeddings)
-        net, tok = loading.load_model(directory), loading.load_tokenizer(directory)
+        net, tok = loading.load_model(ckpt), ckpt.tokenizer
         rows, _ = experts.corpus_rows(tok, corpus, tokens=tokens, seq_len=seq_len)
     except UsageError as exc:
         page.notes.append(f"top tokens not shown: {exc}")

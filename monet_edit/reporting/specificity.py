@@ -1,55 +1,31 @@
 """How specific each expert is to the target: the score the selection rule used, per group.
 
-- skew: log10(s_target / max_reference s), s the mean routing weight per token; the rule masks
-  experts at or above log10(ratio). Experts the references never use are shown at +CAP.
-- corr: Pearson r of the expert's routing weight with the token label; threshold as given.
-- budget: the rule's ranking score log((s_target + eps) / (max_reference + eps)); it masks the
-  top n experts, so the line is drawn at the lowest masked score.
-- no rule and no references (a lone profile): log10 mean routing weight, no threshold.
-Experts the target never routes to are NaN (drawn blank) for every score but corr.
+Each rule draws its own score (selection/rules: skew the log10 usage ratio with the line at
+log10(ratio), corr the Pearson r with the line at the threshold, budget its ranking score with the
+line at the lowest masked score). Without a rule: the skew ratio when there are references, the
+Pearson r for a lone labelled profile, else log10 mean routing weight with no threshold. Experts
+the target never routes to are NaN (drawn blank) for every score but corr.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from ..selection import select as selection
-
-CAP = 3.0  # log10 ratios are clipped to [-CAP, CAP] (1000x) for display
-
-
-@dataclass
-class Scores:
-    values: torch.Tensor  # [groups, E, E] float, NaN where undefined
-    label: str
-    threshold: float | None
-    threshold_label: str
-    diverging: bool  # centred at zero (ratios, correlations) or sequential (usage)
+from ..selection import rules
+from ..selection.rules import Score as Scores
 
 
 def compute(rule: str | None, params: dict, target, references: list, masks: dict | None) -> Scores:
     """The scores for `rule` (None: what the profiles allow) from the target's profile."""
-    used = target.mean() > 0
-    if rule == "corr" or (rule is None and target.labelled and not references):
-        threshold = params.get("threshold")
-        return Scores(target.pearson().float(), "Pearson r (routing weight vs token label)",
-                      threshold, f"threshold r = {threshold}" if threshold is not None else "", True)
-    if rule == "budget" and references:
-        score = selection.budget_score(target, references).float().masked_fill(~used, math.nan)
-        picked = score[torch.stack([masks[g] for g in range(score.shape[0])])] if masks else score[:0]
-        picked = picked[~picked.isnan()]
-        threshold = float(picked.min()) if picked.numel() else None
-        return Scores(score, "log((s_target + eps) / (max reference s + eps))", threshold,
-                      "lowest masked score", True)
+    if rule in rules.registry() and (references or not rules.get(rule).needs_references):
+        return rules.get(rule).score(target, references, params, masks)
+    if rule is None and target.labelled and not references:
+        return rules.get("corr").score(target, references, params, masks)
     if references:
-        ratio = (target.mean() / selection.reference_max(references)).log10().clamp(-CAP, CAP)
-        ratio = ratio.float().masked_fill(~used, math.nan)
-        given = params.get("ratio") if rule == "skew" else None
-        return Scores(ratio, f"log10(s_target / max reference s), clipped at ±{CAP:g}",
-                      math.log10(given) if given else None, f"ratio {given:g}, log10" if given else "", True)
+        return rules.get("skew").score(target, references, params if rule == "skew" else {}, masks)
+    used = target.mean() > 0
     usage = target.mean().log10().float().masked_fill(~used, math.nan)
     return Scores(usage, "log10 mean routing weight per token (no references)", None, "", False)
 

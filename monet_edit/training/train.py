@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..infra import atomic, locks, provenance, tomlconfig
 from ..infra.console import err
-from ..model import remote_code
+from ..model import modelcard, writer
 from ..model.config import MonetConfig
 
 SCHEMA = {"train": {
@@ -224,7 +224,7 @@ def unigram_logprobs(train: np.ndarray, vocab: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, data: TrainData, seq_len: int, eval_tokens: int) -> dict[str, Any]:
+def held_out_metrics(model, data: TrainData, seq_len: int, eval_tokens: int) -> dict[str, Any]:
     """Held-out loss per corpus vs a unigram baseline of all training tokens, and routing health."""
     from ..model.scoring import loss_sums, rows
 
@@ -258,76 +258,23 @@ def evaluate(model, data: TrainData, seq_len: int, eval_tokens: int) -> dict[str
     }
 
 
-def training_card(record: dict) -> str:
-    """Model card (README.md) of a trained checkpoint: data, steps, tokens, held-out quality."""
-    m, r = record["metrics"], record["recipe"]
-    lines = [
-        f"# {r['name']}: a small Monet trained by monet-edit",
-        "",
-        f"Trained with `monet-edit train` (recipe `{r['name']}`, seed {r['seed']}) from random initialisation on "
-        "the embedded offline corpora (train splits only). It exists so every monet-edit command works offline; "
-        "it is far too small to be a useful language model.",
-        "",
-        "## Architecture",
-        "",
-        "| field | value |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in r["model"].items()],
-        f"| vocab_size | {r['tokenizer']['vocab_size']} (byte-level BPE trained on the same data) |",
-        f"| parameters | {record['parameters']:,} |",
-        "",
-        "## Training",
-        "",
-        f"- steps: {record['steps']}, batch {r['optim']['batch_size']} x {r['data']['seq_len']} tokens, "
-        f"{record['tokens']:,} tokens in all",
-        f"- AdamW lr {r['optim']['lr']} (warmup {r['optim']['warmup_steps']}, cosine to "
-        f"{r['optim']['min_lr_ratio']}x), weight decay {r['optim']['weight_decay']}, clip {r['optim']['grad_clip']}, "
-        f"auxiliary routing losses weight {r['optim']['aux_weight']}",
-        f"- wall time: {record['train_seconds'] / 60:.1f} min on {record['threads']} CPU threads",
-        f"- corpora (fingerprints in training.json): {', '.join(sorted(record['corpora']))}",
-        "- toxicity text is fortunes scored by a bag-of-words profanity classifier: weak labels",
-        "",
-        "## Held-out loss per corpus (eval splits, nats/token)",
-        "",
-        "| corpus | loss | unigram baseline | next-token accuracy |", "|---|---|---|---|",
-        *[f"| {n} | {v['loss']:.3f} | {v['unigram_loss']:.3f} | {v['accuracy']:.3f} |"
-          for n, v in m["per_corpus"].items()],
-        "",
-        "## Routing health",
-        "",
-        f"- fraction of the {m['routing']['experts_per_group']} experts used per routing group (on eval tokens): "
-        f"{m['routing']['fraction_experts_used_per_group']}",
-        f"- mean active experts per token (per group): {m['routing']['mean_active_experts_per_token']}",
-        "",
-        f"Made by monet-edit {record['provenance']['version']} (git {record['provenance']['git_revision']}).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # ---- the run -------------------------------------------------------------------------------------
 
 def write_model(model, data: TrainData, recipe: dict, out: Path, metrics: dict, force: bool,
                 train_info: dict) -> Path:
-    """Final checkpoint: bf16 safetensors, config.json, tokenizer.json, model card, training.json and
-    the Python files that let `transformers` load it (monet_edit.remote_code)."""
-    import shutil
-
-    from safetensors.torch import save_file
-
-    with atomic.output_dir(out, force=force) as tmp:
-        sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() and ".router.norm" not in k else v).contiguous()
-              for k, v in model.state_dict().items()}
-        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        cfg = remote_code.with_auto_map(model.config.to_dict())
-        cfg["torch_dtype"] = "bfloat16"
-        remote_code.write(tmp)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        shutil.copy(data.tokenizer_path, tmp / "tokenizer.json")
-        record = dict(train_info, metrics=metrics, recipe=recipe, corpora=data.fingerprints,
-                      provenance=provenance.record(seed=recipe["seed"]))
-        (tmp / "training.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        (tmp / "README.md").write_text(training_card(record))
-    return out
+    """Final checkpoint (model.writer): bf16 weights (router statistics in fp32), config.json,
+    tokenizer.json, training.json, the model card and a manifest."""
+    weights = {k: writer.raw_tensor(v.to(torch.bfloat16) if v.is_floating_point() and ".router.norm" not in k else v)
+               for k, v in model.state_dict().items()}
+    cfg = dict(model.config.to_dict(), torch_dtype="bfloat16")
+    record = dict(train_info, metrics=metrics, recipe=recipe, corpora=data.fingerprints,
+                  provenance=provenance.record(seed=recipe["seed"]))
+    return writer.write_checkpoint(
+        out, config=cfg, force=force, tokenizer=[data.tokenizer_path],
+        weights=lambda path: writer.write_weights(path, {}, weights, {"format": "pt"}),
+        files={"training.json": lambda path: path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")},
+        card=lambda: modelcard.trained(record),
+    )
 
 
 def train(recipe_path: str | Path, *, out: str | None = None, run_dir: str | None = None, resume: bool = False,
@@ -393,7 +340,7 @@ def train(recipe_path: str | Path, *, out: str | None = None, run_dir: str | Non
     train_seconds = elapsed_before + time.perf_counter() - t0
     save_state(rdir, model, opt, step, {"elapsed": train_seconds})
     settle_batchnorm(model, data, seed, recipe["checkpoint"]["settle_batches"], optim["batch_size"], seq_len)
-    metrics = evaluate(model, data, seq_len, recipe["data"]["eval_tokens"])
+    metrics = held_out_metrics(model, data, seq_len, recipe["data"]["eval_tokens"])
     info = {"steps": step, "tokens": step * optim["batch_size"] * seq_len,
             "train_seconds": round(train_seconds, 1),
             "parameters": model.num_parameters(), "threads": torch.get_num_threads()}

@@ -6,13 +6,13 @@ which the main CLI turns into one line and exit code 2.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import typer
 
 from ...errors import UsageError
+from ...infra.console import emit_json, err
 
 app = typer.Typer(
     name="corpora",
@@ -22,16 +22,6 @@ app = typer.Typer(
 )
 
 SOURCES = ("local", "hub")
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _emit_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def _is_user_path(name: str) -> bool:
@@ -79,7 +69,7 @@ def list_cmd(
         raise UsageError(f"unknown corpus kind {kind!r}; choose one of {', '.join(KINDS)}")
     entries = [_entry(s) for s in list_corpora() if kind is None or s.kind == kind]
     if as_json:
-        _emit_json(entries)
+        emit_json(entries)
         return
     from rich.table import Table
 
@@ -95,7 +85,7 @@ def list_cmd(
         built = e["fingerprint"][:8] if e["built"] else "-"
         detail = e["source"] if e["available"] else e["detail"]
         table.add_row(e["name"], kind_s, avail, built, detail)
-    con = _console()
+    con = err
     con.print(table)
     n_ok = sum(e["available"] for e in entries)
     con.print(f"{n_ok}/{len(entries)} available; cache: {_cache_dir()}")
@@ -130,7 +120,7 @@ def build_cmd(
         raise UsageError("give a corpus NAME or --all, not both")
     if not all_ and not name:
         raise UsageError("give a corpus NAME or --all")
-    con = _console()
+    con = err
     results, skipped = [], []
     if all_:
         targets = []
@@ -164,7 +154,7 @@ def build_cmd(
                 f"{sum(built.chars.values()):,} chars, {built.fingerprint[:12]} in {seconds:.2f}s -> {built.dir}"
             )
     if as_json:
-        _emit_json({"built": results, "skipped": skipped} if all_ else results[0])
+        emit_json({"built": results, "skipped": skipped} if all_ else results[0])
 
 
 @app.command("show")
@@ -195,9 +185,9 @@ def show_cmd(
     info.update({"dir": str(built.dir) if built else None, "chars": built.chars if built else None,
                  "sample": sample})
     if as_json:
-        _emit_json(info)
+        emit_json(info)
         return
-    con = _console()
+    con = err
     from rich.markup import escape
 
     con.print(f"[bold]{spec.name}[/] ({spec.kind}{', ' + spec.family if spec.family else ''})")

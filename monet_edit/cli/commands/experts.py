@@ -34,19 +34,19 @@ def experts(
 
     if split not in SPLITS:
         raise UsageError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    directory = checkpoint.resolve(model)
-    config = checkpoint.load_config(directory)
+    ckpt = checkpoint.of(model)
+    config = ckpt.config
     seq_len = seq_len or min(128, config.max_position_embeddings)
     if seq_len > config.max_position_embeddings:
         raise UsageError(f"--seq-len {seq_len} exceeds the model's {config.max_position_embeddings} positions")
     wanted = [(group, *experts_mod.parse_expert(e, config.moe_experts)) for e in expert]
     experts_mod.check_experts(config, wanted)
-    net, tok = loading.load_model(directory), loading.load_tokenizer(directory)
+    net, tok = loading.load_model(ckpt), ckpt.tokenizer
     rows, fingerprint = experts_mod.corpus_rows(tok, corpus, tokens=tokens, seq_len=seq_len, split=split)
     found = experts_mod.top_tokens(net, tok, rows, wanted, top=top,
                                    batch_size=batch_size)
     if json_out:
-        emit_json({"model": model, "fingerprint": checkpoint.model_fingerprint(directory), "corpus": corpus,
+        emit_json({"model": model, "fingerprint": ckpt.fingerprint, "corpus": corpus,
                    "corpus_fingerprint": fingerprint, "split": split, "seq_len": seq_len, "experts": [f.to_dict() for f in found]})
         return
     from rich.table import Table

@@ -12,11 +12,13 @@ from .. import options as opt
 ORDER = 30
 
 
+@opt.with_params(opt.rule_params, into="rule_params")
 def mask(
     domain: str = opt.DOMAIN,
     language: str = opt.LANGUAGE,
     toxicity: bool = opt.TOXICITY,
     corpus: str = opt.CORPUS,
+    reference: list[str] = opt.REFERENCE,
     profile: list[str] = typer.Option(
         None,
         "--profile",
@@ -24,9 +26,6 @@ def mask(
         "target's first, then its references (repeat the option).",
     ),
     rule: str = opt.RULE,
-    ratio: float = opt.RATIO,
-    threshold: float = opt.THRESHOLD,
-    retain_budget: float = opt.RETAIN_BUDGET,
     model: str = opt.MODEL,
     tokens: int = opt.TOKENS,
     seq_len: int = opt.SEQ_LEN,
@@ -40,6 +39,7 @@ def mask(
         False, "--dry-run", help="Print how many experts each rule and parameter would mask; write nothing."
     ),
     json_out: bool = opt.JSON_OUT,
+    rule_params: dict = None,
 ) -> None:
     """Select experts with a rule and write a mask file (per-group counts and parameters inside).
 
@@ -48,47 +48,45 @@ def mask(
     """
     from ...errors import UsageError
     from ...model import checkpoint
+    from ...selection import rules, targets
     from ...selection import select as selection
-    from ...selection import targets
 
     if profile and (domain or language or toxicity or corpus):
         raise UsageError(
             "give either --profile FILE(s) or a target (--domain, --language, --toxicity, --corpus), not both"
         )
+    ckpt = checkpoint.of(model)
     if profile:
-        inputs = selection.files_inputs(model, profile)
+        inputs = selection.files_inputs(ckpt, profile)
         label = str(inputs.target.meta.get("corpus", Path(profile[0]).stem))
-        rule = rule or ("corr" if inputs.target.labelled else "skew")
+        rule = rule or rules.default_for("toxicity" if inputs.target.labelled else "corpus")
     else:
-        target = targets.resolve(domain, language, toxicity, corpus)
-        label, rule = target.label, targets.check_rule(target, rule)
-    if rule not in targets.RULES:
-        raise UsageError(f"unknown rule {rule!r}; choose one of {', '.join(targets.RULES)}")
+        target = targets.resolve(domain, language, toxicity, corpus, reference)
+        label, rule = target.label, target.check_rule(rule)
+    rule = rules.get(rule).name
     path = Path(out or f"mask-{Path(label).stem}-{rule}.safetensors")
     if not dry_run:
         opt.check_new_file(path, force)
     if not profile:
-        inputs = selection.target_inputs(
-            model,
+        inputs = selection.target_inputs(  # a dry run tries every rule: references too
+            ckpt,
             target,
-            "skew" if dry_run else rule,
+            references=dry_run or rules.get(rule).needs_references,
             tokens=tokens,
             seq_len=seq_len,
             batch_size=batch_size,
             profiles_dir=profiles_dir,
         )
-    params = dict(
-        ratio=ratio, threshold=threshold, retain_budget=retain_budget, seq_len=seq_len, batch_size=batch_size
-    )
-    config = checkpoint.load_config(checkpoint.resolve(model))
+    params = dict(rule_params, seq_len=seq_len, batch_size=batch_size)
+    config = ckpt.config
     if dry_run:
-        rows = selection.dry_run(model, inputs, rule, **params)
+        rows = selection.dry_run(ckpt, inputs, rule, **params)
         if json_out:
             emit_json({"target": label, "dry_run": rows})
             return
         _print_grid(label, rows)
         return
-    sel = selection.apply_rule(model, inputs, rule, **params)
+    sel = selection.apply_rule(ckpt, inputs, rule, **params)
     counts = sel.counts(config)
     opt.warn_if_empty(sum(counts), rule, sel.params)
     sel.write(path, config)

@@ -16,6 +16,7 @@ def profile(
     language: str = opt.LANGUAGE,
     toxicity: bool = opt.TOXICITY,
     corpus: str = opt.CORPUS,
+    reference: list[str] = opt.REFERENCE,
     model: str = opt.MODEL,
     tokens: int = opt.TOKENS,
     seq_len: int = opt.SEQ_LEN,
@@ -30,7 +31,7 @@ def profile(
     ),
     json_out: bool = opt.JSON_OUT,
 ) -> None:
-    """Profile the target's profile split and, for --domain/--language, every sibling corpus.
+    """Profile the target's profile split and every reference corpus (default: all the others).
 
     Profiles already computed for the same model, corpus, --tokens and --seq-len are reused.
     Data-parallel under torchrun (or --nproc N); completed shards survive a crash (--resume).
@@ -43,8 +44,8 @@ def profile(
 
     def check():
         """Bad input fails here, once: on rank 0 under torchrun, before --nproc launches ranks."""
-        target = targets.resolve(domain, language, toxicity, corpus)
-        names = target.corpora if target.kind in ("domain", "language") else [target.name]
+        target = targets.resolve(domain, language, toxicity, corpus, reference)
+        names = target.corpora
         checkpoint.resolve(model)
         loading.parse_device(device)
         for name in names:

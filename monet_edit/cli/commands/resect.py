@@ -12,16 +12,15 @@ from .. import options as opt
 ORDER = 40
 
 
+@opt.with_params(opt.rule_params, into="rule_params")
 def resect(
     domain: str = opt.DOMAIN,
     language: str = opt.LANGUAGE,
     toxicity: bool = opt.TOXICITY,
     corpus: str = opt.CORPUS,
+    reference: list[str] = opt.REFERENCE,
     mask: str = typer.Option(None, "--mask", help="Use this mask file instead of profiling and selecting."),
     rule: str = opt.RULE,
-    ratio: float = opt.RATIO,
-    threshold: float = opt.THRESHOLD,
-    retain_budget: float = opt.RETAIN_BUDGET,
     model: str = opt.MODEL,
     tokens: int = opt.TOKENS,
     seq_len: int = opt.SEQ_LEN,
@@ -30,6 +29,7 @@ def resect(
     out: str = typer.Option(None, "--out", help="Output checkpoint directory (default ./resected-TARGET)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
     json_out: bool = opt.JSON_OUT,
+    rule_params: dict = None,
 ) -> None:
     """Profile and select if needed, then write a new checkpoint directory with the masks applied.
 
@@ -39,7 +39,6 @@ def resect(
     """
     from ...editing import resect as resect_mod
     from ...errors import UsageError
-    from ...infra.provenance import RECORD_KEY
     from ...model import checkpoint
     from ...model import masks as masks_mod
     from ...selection import select as selection
@@ -49,34 +48,24 @@ def resect(
         raise UsageError(
             "give either --mask FILE or a target (--domain, --language, --toxicity, --corpus), not both"
         )
-    base = checkpoint.resolve(model)
-    config = checkpoint.load_config(base)
+    base = checkpoint.of(model)
+    config = base.config
     if mask:
-        masks, meta = selection.load_mask(mask, config, checkpoint.model_fingerprint(base))
+        masks, meta = selection.load_mask(mask, config, base.fingerprint)
         label = str(meta.get("target") or Path(mask).stem)
     else:
-        target = targets.resolve(domain, language, toxicity, corpus)
-        label, rule = target.label, targets.check_rule(target, rule)
+        target = targets.resolve(domain, language, toxicity, corpus, reference)
+        label, rule = target.label, target.check_rule(rule)
     path = Path(out or f"resected-{Path(label).stem}")
-    resect_mod.check_output(path, base, force)
+    resect_mod.check_output(path, base.dir, force)
     if not mask:
-        sel = opt.select(
-            model,
-            target,
-            rule,
-            ratio=ratio,
-            threshold=threshold,
-            retain_budget=retain_budget,
-            tokens=tokens,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            profiles_dir=profiles_dir,
-        )
+        sel = selection.select(base, target, rule, tokens=tokens, seq_len=seq_len, batch_size=batch_size,
+                               profiles_dir=profiles_dir, **rule_params)
         masks, meta = sel.masks, sel.meta(config)
     counts = masks_mod.counts(masks, config)
     opt.warn_if_empty(sum(counts), meta.get("rule", "given mask"), meta.get("params", {}))
-    written = resect_mod.resect(model, masks, path, force=force, command=opt.command_line(), mask_meta=meta)
-    record = checkpoint.load_config(written).extra[RECORD_KEY]
+    written = resect_mod.resect(base, masks, path, force=force, command=opt.command_line(), mask_meta=meta)
+    record = checkpoint.of(written).edit_record
     if json_out:
         emit_json(
             {

@@ -1,10 +1,10 @@
-"""pass@k: the unbiased estimator of Chen et al. (2021) with bootstrap intervals over problems.
+"""pass@k: the unbiased estimator of Chen et al. (2021), with bootstrap intervals over problems.
 
 With n samples of a problem of which c pass, pass@k = 1 - C(n-c, k) / C(n, k): the chance that k
 samples drawn without replacement from the n include a passing one. The benchmark's pass@k is the
-mean over problems. Intervals resample problems (the samples of a problem stay together), which
-is the variation a different draw of problems would give; a paired resample gives the interval of
-the edited model's change.
+mean over problems. Intervals resample problems (a problem's samples stay together) with the
+evaluation's shared bootstrap (evaluation.bootstrap); before and after resample the same problems,
+so the change has a paired interval.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .. import bootstrap
+
 KS = (1, 10, 100)
-CONFIDENCE = 0.95
-RESAMPLES = 2000
 
 
 def ks_for(samples: int) -> list[int]:
@@ -35,43 +35,24 @@ def per_problem(n: int, correct: Sequence[int], k: int) -> list[float]:
     return [pass_at_k(n, c, k) for c in correct]
 
 
-def bootstrap_means(values: Sequence[Sequence[float]], *, resamples: int = RESAMPLES, seed: int = 0):
-    """[resamples, len(values)] means of each row of `values` over the same resampled problems."""
+def summarise(n: int, before: Sequence[int], after: Sequence[int], *, seed: int = 0) -> dict:
+    """pass@k of each side with its interval, and the change after - before with a paired one.
+
+    before/after: passing samples per problem (the same problems, n samples each)."""
     import numpy as np
 
-    table = np.asarray(values, dtype=np.float64)  # [rows, problems]
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, table.shape[1], size=(resamples, table.shape[1]))
-    return table[:, picks].mean(axis=2).T
-
-
-def interval(draws, confidence: float = CONFIDENCE) -> list[float]:
-    import numpy as np
-
-    tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return [float(lo), float(hi)]
-
-
-def summarise(n: int, before: Sequence[int], after: Sequence[int] | None = None, *,
-              resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """pass@k per side with intervals, and the change after - before with a paired interval.
-
-    before/after: passing samples per problem (same problems, n samples each)."""
-    sides = {"before": before} if after is None else {"before": before, "after": after}
-    out: dict = {side: {"intervals": {}} for side in sides}
-    if after is not None:
-        out["delta"] = {"intervals": {}}
+    if len(before) != len(after) or not before:
+        raise ValueError(f"pass@k needs the same problems on both sides ({len(before)} vs {len(after)})")
+    idx = bootstrap.Draws(seed).indices("humaneval", len(before))
+    out: dict = {side: {"intervals": {}} for side in ("before", "after", "delta")}
     for k in ks_for(n):
         key = f"pass@{k}"
-        rows = [per_problem(n, counts, k) for counts in sides.values()]
-        draws = bootstrap_means(rows, resamples=resamples, seed=seed)
-        for i, side in enumerate(sides):
-            out[side][key] = math.fsum(rows[i]) / len(rows[i])
-            out[side]["intervals"][key] = interval(draws[:, i])
-        if after is not None:
-            out["delta"][key] = out["after"][key] - out["before"][key]
-            out["delta"]["intervals"][key] = interval(draws[:, 1] - draws[:, 0])
-    out["confidence"] = CONFIDENCE
-    out["resamples"] = resamples
-    return out
+        b, a = np.asarray(per_problem(n, before, k)), np.asarray(per_problem(n, after, k))
+        points = {"before": math.fsum(b) / b.size, "after": math.fsum(a) / a.size}
+        points["delta"] = points["after"] - points["before"]
+        draws = {"before": bootstrap.mean(b, idx), "after": bootstrap.mean(a, idx)}
+        draws["delta"] = draws["after"] - draws["before"]
+        for side, entry in out.items():
+            entry[key] = points[side]
+            entry["intervals"][key] = list(bootstrap.interval(draws[side]))
+    return {**out, "confidence": bootstrap.LEVEL, "resamples": bootstrap.REPLICATES}

@@ -12,13 +12,12 @@ Adding a suite: write `suites/NAME.py` defining `SUITE = Suite(...)` (see loss.p
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import UsageError
 from ...infra.params import Param, by_name
+from ...infra.registry import Registry
 
 SUITES = ("loss", "mcq", "toxicity", "humaneval")  # registration: module names under this package, in report order
 
@@ -47,25 +46,8 @@ class Suite:
     combine: Callable[[Any, Any], Any] = per_corpus
 
 
-_LOADED: dict[str, Suite] = {}
-
-
-def registry() -> dict[str, Suite]:
-    """Every registered suite, in SUITES order."""
-    if not _LOADED:
-        for name in SUITES:
-            suite = importlib.import_module(f"{__name__}.{name}").SUITE
-            if suite.name != name:
-                raise RuntimeError(f"suites/{name}.py registers a suite named {suite.name!r}")
-            _LOADED[name] = suite
-    return _LOADED
-
-
-def get(name: str) -> Suite:
-    suites = registry()
-    if name not in suites:
-        raise UsageError(f"--suite: unknown suite {name!r} (choose from {', '.join(suites)})")
-    return suites[name]
+REGISTRY: Registry[Suite] = Registry(__name__, SUITES, "SUITE", "--suite: unknown suite {name!r} (choose from {known})")
+registry, get = REGISTRY.all, REGISTRY.get
 
 
 def params() -> dict[str, Param]:

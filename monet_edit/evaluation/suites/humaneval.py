@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from ...infra.params import Param, at_least
+from .. import bootstrap
 from . import Suite
 from .toxicity import MAX_NEW_TOKENS, SAMPLES
 
@@ -80,6 +81,8 @@ def _summarise(target_name: str, entry: dict) -> tuple[dict, list[str]]:
     for k in KS:
         for side in ("before", "after", "delta"):
             out[f"humaneval_pass{k}_{side}"] = entry[side].get(f"pass@{k}")
+        lo, hi = entry["delta"]["intervals"].get(f"pass@{k}", (None, None))
+        out[f"humaneval_pass{k}_delta_lo"], out[f"humaneval_pass{k}_delta_hi"] = lo, hi
     gen, problems = entry["generation"], entry["problems"]
     total = problems["problems"] * entry["samples"]
     notes = [f"humaneval: {problems['problems']} problems ({problems['source']}) x {entry['samples']} samples, "
@@ -105,9 +108,10 @@ SUITE = Suite(
     name="humaneval",
     help="HumanEval pass@k of sampled programs run in a sandbox (--samples per problem, --temperature, "
          "--max-new-tokens, --limit, --problems, --unsafe-exec)",
-    metrics={f"humaneval_pass{k}_{side}": f"HumanEval pass@{k} {what}" for k in KS
-             for side, what in (("before", "of the base"), ("after", "of the edited model"),
-                                ("delta", "after - before"))},
+    metrics=bootstrap.described({f"humaneval_pass{k}_{side}": f"HumanEval pass@{k} {what}" for k in KS
+                                 for side, what in (("before", "of the base"), ("after", "of the edited model"),
+                                                    ("delta", "after - before"))},
+                                tuple(f"humaneval_pass{k}_delta" for k in KS)),
     params=(SAMPLES, MAX_NEW_TOKENS,
             Param("temperature", float, 0.8, "Sampling temperature for HumanEval completions (0: greedy).",
                   lambda v: v >= 0, "a number >= 0"),

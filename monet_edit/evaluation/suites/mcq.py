@@ -10,6 +10,7 @@ is reported beside it as `accuracy_norm`. A small model is near chance (0.25).
 from __future__ import annotations
 
 from ...infra.params import Param, at_least
+from .. import bootstrap
 from . import Suite
 
 LETTERS = "ABCD"
@@ -67,27 +68,30 @@ def choice_logliks(model, tokenizer, prompt: str, choices: list[str]) -> list[fl
     return [ll for ll, _ in continuation_logliks(model, tokenizer.encode(prompt), conts)]
 
 
-def tally(model, tokenizer, docs: list[dict]) -> list[int]:
-    """[correct, correct_norm, n] over `docs`: counts, so the shares of several ranks add."""
-    correct = correct_norm = 0
+def outcomes(model, tokenizer, docs: list[dict]) -> tuple[list[int], list[int]]:
+    """Per question: 1 if the best-scoring choice is the answer (summed log-likelihood), and the
+    same by log-likelihood per character (accuracy_norm)."""
+    correct, correct_norm = [], []
     for doc in docs:
         prompt, choices = prompt_and_choices(doc)
         ll = choice_logliks(model, tokenizer, prompt, choices)
         norm = [v / max(1, len(c)) for v, c in zip(ll, choices, strict=True)]
-        correct += int(max(range(len(ll)), key=ll.__getitem__) == doc["answer"])
-        correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == doc["answer"])
-    return [correct, correct_norm, len(docs)]
+        correct.append(int(max(range(len(ll)), key=ll.__getitem__) == doc["answer"]))
+        correct_norm.append(int(max(range(len(norm)), key=norm.__getitem__) == doc["answer"]))
+    return correct, correct_norm
 
 
-def result(correct: float, correct_norm: float, n: float) -> dict:
-    """Accuracy (summed log-likelihood) and accuracy_norm (per character) from counts."""
-    n = int(n)
-    return {"accuracy": correct / n if n else None, "accuracy_norm": correct_norm / n if n else None, "n": n}
+def result(correct: list, correct_norm: list) -> dict:
+    """Accuracy (summed log-likelihood) and accuracy_norm (per character), with the per-question
+    outcomes the intervals resample."""
+    n = len(correct)
+    return {"accuracy": sum(correct) / n if n else None, "accuracy_norm": sum(correct_norm) / n if n else None,
+            "n": n, "items": {"correct": list(correct), "correct_norm": list(correct_norm)}}
 
 
 def score(model, tokenizer, docs: list[dict]) -> dict:
     """Accuracy and accuracy_norm over `docs` (one process)."""
-    return result(*tally(model, tokenizer, docs))
+    return result(*outcomes(model, tokenizer, docs))
 
 
 # ---------------------------------------------------------------------------- the suite
@@ -112,37 +116,61 @@ def _load(target, params, tokenizer, seq_len: int) -> tuple[dict, dict[str, str]
 
 
 def _run(model, tokenizer, data: dict, params, group) -> dict:
-    return {name: result(*group.sum_numbers(tally(model, tokenizer, [docs[i] for i in group.take(len(docs))])))
-            for name, docs in data.items()}
+    """Each rank scores its share of the questions; the per-question outcomes are summed over ranks
+    (every question is scored by exactly one rank, the others contribute zeros)."""
+    import torch
+
+    out = {}
+    for name, docs in data.items():
+        mine = group.take(len(docs))
+        correct, correct_norm = outcomes(model, tokenizer, [docs[i] for i in mine])
+        full = torch.zeros(2, len(docs), dtype=torch.float64)
+        full[0, mine], full[1, mine] = torch.tensor(correct, dtype=torch.float64), torch.tensor(correct_norm,
+                                                                                                 dtype=torch.float64)
+        (summed,) = group.sum([full])
+        out[name] = result(summed[0].long().tolist(), summed[1].long().tolist())
+    return out
+
+
+def _deltas(name: str, entry: dict, draws) -> tuple[float, object] | None:
+    """(accuracy delta, its bootstrap replicates over questions) of one category, None if empty."""
+    import numpy as np
+
+    b, a = entry["before"], entry["after"]
+    if not b["n"]:
+        return None
+    cb, ca = np.asarray(b["items"]["correct"], float), np.asarray(a["items"]["correct"], float)
+    idx = draws.indices(name, len(cb))
+    return a["accuracy"] - b["accuracy"], bootstrap.mean(ca - cb, idx)
 
 
 def _summarise(target_name: str, mcq: dict) -> tuple[dict, list[str]]:
-    def acc(name: str, side: str) -> float | None:
-        return mcq[name][side]["accuracy"]
+    import numpy as np
 
-    others = [n for n in mcq if n != target_name]
-    out = {"target_mcq_before": acc(target_name, "before"), "target_mcq_after": acc(target_name, "after"),
-           "others_mcq_delta": _mean([acc(n, "after") - acc(n, "before") for n in others if mcq[n]["before"]["n"]])}
-    out["target_mcq_delta"] = (None if out["target_mcq_before"] is None
-                               else out["target_mcq_after"] - out["target_mcq_before"])
+    draws = bootstrap.Draws(0)
+    out = {"target_mcq_before": mcq[target_name]["before"]["accuracy"],
+           "target_mcq_after": mcq[target_name]["after"]["accuracy"]}
+    target = _deltas(target_name, mcq[target_name], draws)
+    bootstrap.with_interval(out, "target_mcq_delta", *(target or (None, None)))
+    others = [d for n in mcq if n != target_name and (d := _deltas(n, mcq[n], draws)) is not None]
+    if others:
+        bootstrap.with_interval(out, "others_mcq_delta", float(np.mean([d for d, _ in others])),
+                                np.mean([r for _, r in others], 0))
+    else:
+        bootstrap.with_interval(out, "others_mcq_delta", None, None)
     return out, ["multiple choice: summed answer log-likelihood, not length-normalised "
                  "(accuracy_norm: per character); chance is 0.25"]
-
-
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 SUITE = Suite(
     name="mcq",
     help="multiple choice per MMLU category (domains)",
-    metrics={
+    metrics=bootstrap.described({
         "target_mcq_before": "multiple-choice accuracy on the target category, base",
         "target_mcq_after": "multiple-choice accuracy on the target category, edited",
         "target_mcq_delta": "multiple-choice accuracy delta on the target category",
         "others_mcq_delta": "mean multiple-choice accuracy delta over the other categories",
-    },
+    }, ("target_mcq_delta", "others_mcq_delta")),
     params=(Param("mcq_items", int, 100, "Questions per category (mcq suite).", at_least(1), "at least 1"),),
     default_for=("domain",),
     requires=_requires,
