@@ -188,7 +188,10 @@ def test_summary_keys_are_gate_metrics():
     mcq = {"law": {"before": item, "after": item}, "math": {"before": item, "after": item}}
     s, _ = summary_mod.summarise("toxicity", {"loss": loss, "toxicity": tox_entry}, 0, 1)
     s2, _ = summary_mod.summarise("law", {"mcq": mcq, "loss": loss}, 0, 1)
-    keys = set(s) | set(s2)
+    from test_humaneval_suite import humaneval_entry
+
+    s3, _ = summary_mod.summarise("python", {"humaneval": humaneval_entry()}, 0, 1)
+    keys = set(s) | set(s2) | set(s3)
     assert keys <= set(metrics())
     missing = set(metrics()) - keys
     assert all(k.startswith("oos_") for k in missing) and (not missing or oos_set("law") is None)

@@ -13,7 +13,7 @@ from ..errors import UsageError
 
 @dataclass(frozen=True)
 class Param:
-    """A numeric or text knob of a rule or an evaluation suite."""
+    """A numeric, text or on/off knob of a rule or an evaluation suite."""
 
     name: str  # a Python identifier: retain_budget (flag --retain-budget, recipe key retain_budget)
     type: type
@@ -32,7 +32,7 @@ class Param:
         """`value` if it is in range, else one UsageError naming the flag (or `where`)."""
         if value is None and self.optional:
             return None
-        bad = value is None or isinstance(value, bool)
+        bad = value is None or isinstance(value, bool) != (self.type is bool)  # True is an int, not a count
         if not bad and self.type is float:
             bad = not isinstance(value, (int, float)) or not math.isfinite(value)
         elif not bad:

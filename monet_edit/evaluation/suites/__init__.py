@@ -19,7 +19,7 @@ from typing import Any
 from ...infra.params import Param, by_name
 from ...infra.registry import Registry
 
-SUITES = ("loss", "mcq", "toxicity")  # registration: module names under this package, in report order
+SUITES = ("loss", "mcq", "toxicity", "humaneval")  # registration: module names under this package, in report order
 
 
 def per_corpus(before: dict, after: dict) -> dict:
