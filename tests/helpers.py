@@ -83,3 +83,12 @@ def write_tiny_checkpoint(path: Path, decompose: str = "horizontal", seed: int =
             sd[mask_key(model.config, g)] = m.bool()
         save_file(sd, str(path / "model.safetensors"))
     return path
+
+
+def sibling_references(name: str) -> list[str]:
+    """`--reference` options naming the target's siblings (the other corpora of its kind): a
+    smaller, faster reference set than the default (every other corpus)."""
+    from monet_edit import corpora
+
+    kind = corpora.get_spec(name).kind
+    return [a for n in corpora.names(kind) if n != name for a in ("--reference", n)]

@@ -15,6 +15,7 @@ from clirun import cli
 from helpers import random_mask, write_tiny_checkpoint
 
 from monet_edit import profiling
+from monet_edit.profiling import cache as _cache  # noqa: F401  (profiling.cache, patched below)
 from monet_edit.cli import main
 from monet_edit.errors import UsageError
 from monet_edit.infra import distributed, journal
@@ -53,6 +54,20 @@ def _same_profile(a: profiling.Profile, b: profiling.Profile) -> None:
 
 
 @pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> list[str]:
+    """A small reference corpus: the profile command profiles the target and its references (by
+    default every embedded corpus); these tests are about the target's profile."""
+    path = tmp_path_factory.mktemp("reference") / "other.txt"
+    path.write_text("\n\n".join(f"other text {i}: the sky is blue and wide " * 8 for i in range(200)))
+    return ["--reference", str(path)]
+
+
+def _target(profiles: dict, name: str) -> profiling.Profile:
+    (found,) = [p for stem, p in profiles.items() if stem.startswith((f"{name}-", f"user-{name}-"))]
+    return found
+
+
+@pytest.fixture(scope="module")
 def user_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "notes.txt"
     path.write_text("\n\n".join(f"note {i}: " + f"def f(x): return x * {i} and the law of the land " * 12
@@ -60,19 +75,19 @@ def user_corpus(tmp_path_factory) -> Path:
     return path
 
 
-def test_profile_on_two_ranks_equals_one_process(tiny_ckpt, tmp_path):
+def test_profile_on_two_ranks_equals_one_process(tiny_ckpt, reference, tmp_path):
     """A labelled profile (S, M2, C, y statistics); the unlabelled path is checked with --resume below."""
-    common = ["profile", "--toxicity", "--model", str(tiny_ckpt), *PROFILE]
+    common = ["profile", "--toxicity", "--model", str(tiny_ckpt), *PROFILE, *reference]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     res = cli(*common, "--out", tmp_path / "two", "--nproc", "2")
     assert res.code == 0, res.stderr
     assert "on 2 ranks" in res.stderr and "Traceback" not in res.stderr
     one, two = _profiles(tmp_path / "one"), _profiles(tmp_path / "two")
-    assert list(one) == list(two) and len(one) == 1
+    assert list(one) == list(two) and len(one) == 2  # the target and its reference
     for name in one:
         _same_profile(one[name], two[name])
-        assert one[name].labelled
-        assert one[name].n > 10 * 512  # several shards were dealt out
+    assert _target(one, "toxicity").labelled
+    assert _target(one, "toxicity").n > 10 * 512  # several shards were dealt out
     # journal removed once the profile is published; only the lock file (no data) stays
     assert [p.name for p in (tmp_path / "two").glob(".*")] == [f".{name}.lock" for name in two]
 
@@ -155,10 +170,10 @@ def _descendant_with_rank(root: int, rank: int) -> int | None:
     return None
 
 
-def test_killed_rank_leaves_no_output_and_resume_continues(tiny_ckpt, user_corpus, tmp_path):
+def test_killed_rank_leaves_no_output_and_resume_continues(tiny_ckpt, user_corpus, reference, tmp_path):
     out = tmp_path / "two"
     args = ["profile", "--corpus", str(user_corpus), "--model", str(tiny_ckpt), "--tokens", "12000",
-            "--seq-len", "32", "--batch-size", "2", "--shard-tokens", "256", "--out", str(out)]
+            "--seq-len", "32", "--batch-size", "2", "--shard-tokens", "256", *reference, "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "monet_edit", *args, "--nproc", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     deadline = time.monotonic() + 120
@@ -181,8 +196,7 @@ def test_killed_rank_leaves_no_output_and_resume_continues(tiny_ckpt, user_corpu
     assert res.code == 0, res.stderr
     assert f"resuming: {len(kept)} completed part(s) kept" in res.stderr
     assert main([*args[:-1], str(tmp_path / "one")]) == 0  # uninterrupted, one process
-    (a,), (b,) = _profiles(out).values(), _profiles(tmp_path / "one").values()
-    _same_profile(a, b)
+    _same_profile(_target(_profiles(out), "notes"), _target(_profiles(tmp_path / "one"), "notes"))
 
 
 def test_eval_resume_keeps_finished_suites(one_process_eval, tmp_path, capsys):
@@ -255,15 +269,16 @@ def test_more_ranks_than_gpus_is_a_usage_error(monkeypatch):
     assert distributed.group().world == 1  # nothing was joined
 
 
-def test_resume_with_a_damaged_shard_is_one_line(tiny_ckpt, user_corpus, tmp_path, monkeypatch, capsys):
+def test_resume_with_a_damaged_shard_is_one_line(tiny_ckpt, user_corpus, reference, tmp_path, monkeypatch,
+                                                 capsys):
     args = ["profile", "--corpus", str(user_corpus), "--model", str(tiny_ckpt), "--tokens", "3000",
-            "--seq-len", "32", "--shard-tokens", "256", "--out", str(tmp_path)]
+            "--seq-len", "32", "--shard-tokens", "256", *reference, "--out", str(tmp_path)]
 
     def crash(*_a, **_k):
         raise KeyboardInterrupt  # stopped after every shard was journalled, before the profile is published
 
     with monkeypatch.context() as m:
-        m.setattr(profiling, "save", crash)
+        m.setattr(profiling.cache, "save", crash)
         assert main(args) == 130
     (partial,) = tmp_path.glob(".*.partial")
     shard = partial / "shard-00001.safetensors"

@@ -80,11 +80,13 @@ def test_kill_during_resect(bigger_base, tmp_path):
 def test_kill_during_profile(tiny_ckpt, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"document {i}: " + "the quick brown fox jumps " * 30 for i in range(300)))
+    other = tmp_path / "other.txt"  # a small reference (by default every embedded corpus is one)
+    other.write_text("\n\n".join(f"other {i}: the sky is blue and wide " * 8 for i in range(200)))
     out = tmp_path / "profiles"
-    args = ["profile", "--corpus", corpus, "--model", tiny_ckpt, "--out", out, "--tokens", "20000",
-            "--seq-len", "32", "--shard-tokens", "2048"]
+    args = ["profile", "--corpus", corpus, "--reference", other, "--model", tiny_ckpt, "--out", out,
+            "--tokens", "20000", "--seq-len", "32", "--shard-tokens", "2048"]
     full = _timed(args)
-    (whole,) = out.glob("*.safetensors")
+    (whole,) = out.glob("user-corpus-*.safetensors")
     uninterrupted = whole.read_bytes()
     whole.unlink()
     rng = random.Random(1)

@@ -23,6 +23,7 @@ RECIPE = """# monet-edit run {path}
 [target]
 kind = "language"
 name = "python"
+references = ["c", "go", "rust", "perl", "javascript"]  # the other code languages: a small, fast set
 
 [profile]
 tokens = 1500

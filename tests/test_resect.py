@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from clirun import assert_clean_error, cli
-from helpers import random_mask, write_tiny_checkpoint
+from helpers import random_mask, sibling_references, write_tiny_checkpoint
 from test_selection import run
 
 from monet_edit.editing import resect, verify
@@ -180,6 +180,7 @@ def test_resect_command_end_to_end(tiny_ckpt, tmp_path):
         "32",
         "--ratio",
         "1.5",
+        *sibling_references("law"),
         "--out",
         out,
         "--json",

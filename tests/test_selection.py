@@ -15,6 +15,7 @@ from monet_edit.model import checkpoint, masks
 from monet_edit.model.loading import load_model, load_tokenizer
 from monet_edit.profiling import Profile
 from monet_edit.selection import select as selection
+from monet_edit.selection import targets
 
 
 def run(capsys, *args) -> Result:
@@ -32,10 +33,11 @@ def prof(mean, n=10, fp="m", corpus="t") -> Profile:
 
 
 def test_skew_follows_the_rule_exactly():
+    big = 10**12  # references so large that shrinking them toward the pooled mean changes nothing
     target = prof([[[0.4, 0.1], [0.0, 0.2]]])
     others = [
-        prof([[[0.1, 0.05], [0.0, 0.15]]], corpus="a"),
-        prof([[[0.3, 0.0], [0.1, 0.05]]], n=20, corpus="b"),
+        prof([[[0.1, 0.05], [0.0, 0.15]]], n=big, corpus="a"),
+        prof([[[0.3, 0.0], [0.1, 0.05]]], n=2 * big, corpus="b"),
     ]
     got = selection.skew(target, others, ratio=2.0)
     assert set(got) == {0} and got[0].dtype == torch.bool
@@ -44,6 +46,10 @@ def test_skew_follows_the_rule_exactly():
     assert selection.skew(target, others, ratio=1.2)[0].tolist() == [[True, True], [False, True]]
     with pytest.raises(UsageError, match="reference profiles"):
         selection.skew(target, [])
+    # a small reference is shrunk toward the pooled mean: one noisy document cannot veto an expert
+    shrunk = selection.reference_max([prof([[[0.0, 0.0], [0.0, 0.0]]], n=4096, corpus="a"),
+                                      prof([[[0.2, 0.0], [0.0, 0.0]]], n=4096, corpus="b")])
+    assert shrunk[0, 0, 0].item() == pytest.approx((0.2 * 4096 + 4096 * 0.1) / (2 * 4096))
     with pytest.raises(UsageError, match="--ratio"):
         selection.skew(target, others, ratio=0.5)
     with pytest.raises(UsageError, match="different models"):
@@ -156,7 +162,7 @@ def test_mask_command_writes_what_the_rule_selects(tiny_ckpt, tmp_path, capsys):
     assert res.code == 0, res.stderr
     data = json.loads(res.stdout)
     files = sorted(pdir.glob("*.profile.safetensors"))
-    assert len(files) == 14  # law and the 13 other categories
+    assert len(files) == 1 + len(targets.default_references("law"))  # law and every other corpus
     law_file = next(f for f in files if f.name.startswith("law-"))
     ref_files = [f for f in files if f != law_file]
     fp = checkpoint.model_fingerprint(tiny_ckpt)
@@ -166,7 +172,7 @@ def test_mask_command_writes_what_the_rule_selects(tiny_ckpt, tmp_path, capsys):
     assert all(torch.equal(got[g], expected[g]) for g in expected)
     assert meta["counts"] == data["counts"] == [int(expected[g].sum()) for g in range(2)]
     assert meta["params"] == {"ratio": 1.5} and meta["model_fingerprint"] == fp
-    assert len(meta["sources"]) == 14 and meta["sources"]["law"]["tokens"] == target.n
+    assert len(meta["sources"]) == len(files) and meta["sources"]["law"]["tokens"] == target.n
     # from the profile files directly (target first): the same selection
     again = run(
         capsys,

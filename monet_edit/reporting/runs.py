@@ -216,27 +216,23 @@ def _corpus_ref(meta: dict) -> str | None:
 
 
 def _sibling_references(path: Path, profile, run: Run) -> list:
-    """Profiles of the target's reference corpora lying beside it, made with the same model,
-    token budget and row length (as `monet-edit profile` writes them)."""
+    """The profiles of other corpora lying beside it, made with the same model, token budget and
+    row length (as `monet-edit profile` writes a target's and its references' profiles)."""
     from ..profiling import load
-    from ..selection import targets
 
     meta = profile.meta
-    kind = meta.get("corpus_kind")
-    if kind not in ("domain", "language"):
-        return []
-    target = targets.resolve(**{kind: meta.get("corpus")})
     found = []
-    for name in target.references:
-        for candidate in sorted(path.parent.glob(f"{name}-*.profile.safetensors")):
+    for candidate in sorted(path.parent.glob("*.profile.safetensors")):
+        if candidate.resolve() == path.resolve():
+            continue
+        try:
             other = load(candidate)
-            same = all(other.meta.get(k) == meta.get(k) for k in ("model_fingerprint", "tokens_requested", "seq_len"))
-            if same and other.meta.get("corpus") == name:
-                found.append(other)
-                run.read(candidate)
-                break
-    if len(found) < len(target.references):
-        run.notes.append(f"{len(found)} of {len(target.references)} reference profiles found beside {path.name}: "
-                         "specificity shown as mean routing weight")
-        return []
+        except UsageError:
+            continue  # another format or a damaged file: not a reference
+        same = all(other.meta.get(k) == meta.get(k) for k in ("model_fingerprint", "tokens_requested", "seq_len"))
+        if same and other.meta.get("corpus") != meta.get("corpus"):
+            found.append(other)
+            run.read(candidate)
+    if not found:
+        run.notes.append(f"no reference profiles found beside {path.name}: specificity shown as mean routing weight")
     return found

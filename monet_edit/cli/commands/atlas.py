@@ -49,7 +49,7 @@ def build(
     from ...infra import atomic, distributed
     from ...infra.console import emit_json, err
     from ...model import checkpoint, loading
-    from ...profiling import open_corpus
+    from ...corpora import open_corpus
 
     out = out or Path(f"atlas-{Path(str(model)).name}")
 

@@ -122,8 +122,10 @@ def _side(out: dict, prefix: str, target: _Corpus | None, others: list[_Corpus])
 def summarise(target_name: str, loss: dict, seed: int = 0) -> tuple[dict, list[str]]:
     draws = bootstrap.Draws(seed)
     corpora = {name: _Corpus(name, entry, draws) for name, entry in loss.items()}
-    inside = [n for n in corpora if not n.endswith("@oos")]
-    outside = [n for n in corpora if n.endswith("@oos")]
+    # sorted: the means over corpora then do not depend on the order the results were gathered in
+    # (a resumed run reads one side from its journal), down to the last bit
+    inside = sorted(n for n in corpora if not n.endswith("@oos"))
+    outside = sorted(n for n in corpora if n.endswith("@oos"))
     out: dict = {}
     _side(out, "", corpora.get(target_name), [corpora[n] for n in inside if n not in (target_name, "general")])
     target_oos = oos(target_name)

@@ -152,7 +152,7 @@ def _summarise(target_name: str, mcq: dict) -> tuple[dict, list[str]]:
            "target_mcq_after": mcq[target_name]["after"]["accuracy"]}
     target = _deltas(target_name, mcq[target_name], draws)
     bootstrap.with_interval(out, "target_mcq_delta", *(target or (None, None)))
-    others = [d for n in mcq if n != target_name and (d := _deltas(n, mcq[n], draws)) is not None]
+    others = [d for n in sorted(mcq) if n != target_name and (d := _deltas(n, mcq[n], draws)) is not None]
     if others:
         bootstrap.with_interval(out, "others_mcq_delta", float(np.mean([d for d, _ in others])),
                                 np.mean([r for _, r in others], 0))
