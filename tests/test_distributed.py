@@ -15,11 +15,11 @@ from clirun import cli
 from helpers import random_mask, write_tiny_checkpoint
 
 from monet_edit import profiling
-from monet_edit.profiling import cache as _cache  # noqa: F401  (profiling.cache, patched below)
 from monet_edit.cli import main
 from monet_edit.errors import UsageError
 from monet_edit.infra import distributed, journal
 from monet_edit.model import checkpoint
+from monet_edit.profiling import cache as _cache  # noqa: F401  (profiling.cache, patched below)
 
 PROFILE = ["--tokens", "6000", "--seq-len", "32", "--batch-size", "4", "--shard-tokens", "512"]
 EVAL = ["--target", "law", "--suite", "loss,mcq,toxicity", "--tokens", "600", "--seq-len", "32",

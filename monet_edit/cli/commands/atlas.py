@@ -44,12 +44,11 @@ def build(
     its usage per corpus. Resumable (--resume); data-parallel under torchrun (or --nproc N).
     """
     from ...analysis.atlas.build import build as build_atlas
-    from ...corpora import SPLITS
+    from ...corpora import SPLITS, open_corpus
     from ...errors import UsageError
     from ...infra import atomic, distributed
     from ...infra.console import emit_json, err
     from ...model import checkpoint, loading
-    from ...corpora import open_corpus
 
     out = out or Path(f"atlas-{Path(str(model)).name}")
 
