@@ -86,6 +86,20 @@ def test_resected_checkpoint_loads_in_transformers_with_its_masks(fixture, reque
     assert_same_greedy(out, ids[0, :5].tolist())
 
 
+def test_scaled_checkpoint_loads_in_transformers_with_its_scales(tiny_ckpt, tmp_path):
+    cfg = load_model(tiny_ckpt).config
+    selected = {0: random_mask(cfg, 0.3, seed=2)[0]}  # group 0 only
+    out = resect.resect(tiny_ckpt, selected, tmp_path / "out", command="c", mask_meta={}, scale=0.25)
+    assert json.loads((out / "config.json").read_text())["monet_edit"]["intervention"]["kind"] == "scale"
+    ids = tokens(cfg.vocab_size)
+    scaled = assert_same_logits(out, ids)
+    with torch.no_grad():
+        assert (scaled - load_model(tiny_ckpt, dtype="float32")(ids).logits).abs().max() > 1e-3  # scales act
+    routers = hf_model(out, torch.bfloat16).model.routers()
+    assert routers[0].expert_scale.dtype == torch.float32  # scales multiply fp32 routing weights
+    assert routers[1].expert_scale is None  # an unedited group runs as before
+
+
 def test_bf16_load_keeps_router_statistics_fp32(tiny_ckpt, tmp_path):
     cfg = load_model(tiny_ckpt).config
     out = resect.resect(tiny_ckpt, random_mask(cfg, 0.2), tmp_path / "out", command="c", mask_meta={})

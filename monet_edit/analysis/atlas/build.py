@@ -186,7 +186,7 @@ def build(model_source: str, names: list[str], *, out: str | Path, tokens: int, 
     """Build the atlas of `model_source` over the corpora `names` into `out`; its meta on rank 0
     (None on the other ranks). Under torchrun every rank calls this."""
     from ...model import checkpoint, loading
-    from ...profiling import shard_rows
+    from ...profiling.accumulate import shard_rows
 
     group = distributed.group()
     out = Path(out)

@@ -4,7 +4,8 @@ A PreTrainedModel + GenerationMixin shell around monet_model.py, which monet-edi
 monet_kernels.py, monet_reference.py, monet_sparse.py and monet_routed.py) from its own source
 when it wrote this checkpoint, so the forward pass is the one monet-edit's `load_model` runs, on
 its pure-torch kernels. Expert masks stored in model.safetensors (`model.layers.L.router.expert_mask`, bool
-[E, E], True = masked) load into their group's router and are applied the same way.
+[E, E], True = masked) and per-expert scales (`model.layers.L.router.expert_scale`, float32 [E, E],
+1 = unchanged) load into their group's router and are applied the same way.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ class MonetPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["MonetDecoderLayer"]
     # BatchNorm statistics decide routing: kept in fp32 whatever the model dtype, as monet-edit does.
-    _keep_in_fp32_modules_strict = [r"router\.norm[12]\.running_"]
-    # A routing group without masked experts stores no mask tensor.
-    _keys_to_ignore_on_load_missing = [r"router\.expert_mask$"]
+    # Scales too: they multiply routing weights computed in fp32.
+    _keep_in_fp32_modules_strict = [r"router\.norm[12]\.running_", r"router\.expert_scale$"]
+    # A routing group without masked (scaled) experts stores no mask (scale) tensor.
+    _keys_to_ignore_on_load_missing = [r"router\.expert_mask$", r"router\.expert_scale$"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -36,6 +38,7 @@ class MonetPreTrainedModel(PreTrainedModel):
             init.copy_(module.inv_freq, fresh.inv_freq)
         elif isinstance(module, MonetRouter):
             init.zeros_(module.expert_mask)
+            init.ones_(module.expert_scale)
         elif isinstance(module, (MonetHDExperts, MonetVDExperts)):
             for param in module.parameters(recurse=False):  # the output biases b (HD) or b1, b2 (VD)
                 init.zeros_(param)
@@ -51,18 +54,22 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
         self.model = MonetModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         E = config.moe_experts
-        for router in self.model.routers():  # persistent here, so transformers loads stored masks
+        for router in self.model.routers():  # persistent here, so transformers loads stored edits
             router.register_buffer("expert_mask", torch.zeros(E, E, dtype=torch.bool))
+            router.register_buffer("expert_scale", torch.ones(E, E, dtype=torch.float32))
         self.post_init()
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """As PreTrainedModel's; a group whose mask masks nothing then runs unmasked, as in monet-edit."""
+        """As PreTrainedModel's; a group whose mask masks nothing (whose scales are all 1) then runs
+        unedited, as in monet-edit."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         for router in model.model.routers():
             if router.expert_mask is not None and not bool(router.expert_mask.any()):
                 router.expert_mask = None
+            if router.expert_scale is not None and not bool((router.expert_scale != 1).any()):
+                router.expert_scale = None
         return loaded
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
