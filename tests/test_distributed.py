@@ -22,7 +22,7 @@ from monet_edit.model import checkpoint
 from monet_edit.profiling import cache as _cache  # noqa: F401  (profiling.cache, patched below)
 
 PROFILE = ["--tokens", "6000", "--seq-len", "32", "--batch-size", "4", "--shard-tokens", "512"]
-EVAL = ["--target", "law", "--suite", "loss,mcq,toxicity", "--tokens", "600", "--seq-len", "32",
+EVAL = ["--target", "law", "--reference", "math", "--reference", "history", "--suite", "loss,mcq,toxicity", "--tokens", "600", "--seq-len", "32",
         "--batch-size", "4", "--mcq-items", "3", "--prompts", "3", "--samples", "2", "--max-new-tokens", "6"]
 
 
@@ -138,6 +138,7 @@ def test_eval_on_two_ranks_equals_one_process_and_repeats(one_process_eval, tmp_
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert json.loads(res.stdout)["summary"] == two["summary"]  # one JSON document: rank 0's
     assert (one["ranks"], two["ranks"]) == (1, 2)
+    assert one["target"]["references"] == ["math", "history"]  # --reference: the others' set
     assert one["summary"]["experts_masked"] > 0
     assert one["loss"]["law"]["after"]["loss"] != one["loss"]["law"]["before"]["loss"]
     _close(_numbers(one), _numbers(two))
@@ -293,7 +294,7 @@ def test_resume_with_a_damaged_shard_is_one_line(tiny_ckpt, user_corpus, referen
 
 
 def test_a_failed_gate_on_two_ranks_exits_3(tiny_ckpt, edited, tmp_path):
-    res = cli("eval", "--model", edited, "--base", tiny_ckpt, "--target", "law", "--suite", "loss", "--tokens", "300",
+    res = cli("eval", "--model", edited, "--base", tiny_ckpt, "--target", "law", "--reference", "math", "--suite", "loss", "--tokens", "300",
               "--seq-len", "32", "--gate", "experts_masked<=0", "--out", tmp_path / "gated", "--nproc", "2")
     assert res.code == 3, res.stderr
     assert res.stderr.count("gate failed: experts_masked<=0") == 1, res.stderr  # rank 0's verdict, once

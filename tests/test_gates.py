@@ -57,8 +57,8 @@ def test_every_metric_is_documented_in_help():
 
 
 def _eval_args(model, base, out, gate):
-    return ("eval", "--model", model, "--base", base, "--target", "toxicity", "--suite", "loss",
-            "--tokens", "300", "--seq-len", "32", "--batch-size", "16", "--out", out, "--gate", gate)
+    return ("eval", "--model", model, "--base", base, "--target", "toxicity", "--reference", "en",
+            "--suite", "loss", "--tokens", "300", "--seq-len", "32", "--batch-size", "16", "--out", out, "--gate", gate)
 
 
 def test_cli_gate_pass_and_fail(tiny_ckpt, copies, tmp_path, shared_home):  # noqa: F811

@@ -46,7 +46,7 @@ def test_the_entry_and_its_gate_metrics():
 
 
 def _eval(model, base, out, *extra, env=None):
-    return cli("eval", "--model", model, "--base", base, "--target", "python", *SMALL, "--out", out, *extra,
+    return cli("eval", "--model", model, "--base", base, "--target", "python", "--reference", "c", *SMALL, "--out", out, *extra,
                env={**ONE_THREAD, **(env or {})})
 
 

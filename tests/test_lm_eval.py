@@ -166,7 +166,7 @@ def test_cli_eval_lm_eval_before_and_after(tiny_ckpt, copies, tmp_path):  # noqa
 
     folder = write_task(tmp_path / "tasks", "monet_law_mc", build("law").load("eval")[:6])
     write_rolling_task(folder, "monet_law_ppl", [d["text"] for d in build("law").load("eval")[:6]])
-    res = cli("eval", "--model", copies["masked"], "--base", tiny_ckpt, "--target", "law", "--suite", "loss",
+    res = cli("eval", "--model", copies["masked"], "--base", tiny_ckpt, "--target", "law", "--reference", "math", "--suite", "loss",
               "--tokens", "300", "--seq-len", "32", "--lm-eval", "monet_law_mc,monet_law_ppl",
               "--lm-eval-include", folder, "--lm-eval-limit", "4", "--out", tmp_path / "out",
               env={"HF_DATASETS_OFFLINE": "1"})

@@ -59,9 +59,10 @@ def default_out(model_dir: Path, record: dict | None) -> Path:
 
 
 def prepare(model: str | None = None, base: str | None = None, target: str | None = None, *,
-            suites: str | None = None, gate: str | None = None, out: str | Path | None = None,
+            references: list[str] | None = None, suites: str | None = None, gate: str | None = None, out: str | Path | None = None,
             force: bool = False, device: str | None = None, resume: bool = False, **params) -> Plan:
-    """Validate everything an evaluation needs; raise UsageError naming the bad input."""
+    """Validate everything an evaluation needs; raise UsageError naming the bad input.
+    `references`: the corpora whose change counts as the others' (default: every other corpus)."""
     edited = checkpoint.of(model or default_model())
     record = edited.edit_record
     if base is None:
@@ -71,9 +72,9 @@ def prepare(model: str | None = None, base: str | None = None, target: str | Non
         base = record_base(record, edited.dir)
     base_ckpt = checkpoint.of(base)
     if target is not None:
-        tgt = target_from_name(target)
+        tgt = target_from_name(target, references)
     elif record is not None:
-        tgt = record_target(record, edited.dir)
+        tgt = record_target(record, edited.dir, references)
     else:
         raise UsageError(f"{edited}: no edit record names the target; give --target CORPUS")
     plan_params = EvalParams(suites=parse_suites(suites, tgt), **params)

@@ -59,21 +59,22 @@ class EvalParams:
                 "lm_eval_include": self.lm_eval_include, "lm_eval_limit": self.lm_eval_limit}
 
 
-def target_from_name(name: str) -> Target:
-    """The edit target named by a registered corpus (aliases accepted) or an existing corpus path."""
+def target_from_name(name: str, references: list[str] | None = None) -> Target:
+    """The edit target named by a registered corpus (aliases accepted) or an existing corpus path;
+    compared with `references` if given, else with every other corpus."""
     from ..corpora import get_spec
 
     try:
         spec = get_spec(name)
     except UsageError:
         if Path(name).expanduser().exists():
-            return targets.resolve(corpus=name)
+            return targets.resolve(corpus=name, references=references)
         raise
     if spec.kind == "general":
         raise UsageError("general cannot be an edit target (it is the mixture every evaluation reports)")
     if spec.kind == "toxicity":
-        return targets.resolve(toxicity=True)
-    return targets.resolve(**{spec.kind: spec.name})
+        return targets.resolve(toxicity=True, references=references)
+    return targets.resolve(**{spec.kind: spec.name}, references=references)
 
 
 def parse_suites(text: str | None, target: Target) -> tuple[str, ...]:
@@ -110,9 +111,9 @@ def record_base(record: dict, where: Path) -> str:
     return base
 
 
-def record_target(record: dict, where: Path) -> Target:
+def record_target(record: dict, where: Path, references: list[str] | None = None) -> Target:
     target = record.get("target")
     name = target.get("name") if isinstance(target, dict) else target
     if not isinstance(name, str) or not name:
         raise UsageError(f"{where}: the edit record names no target; give --target")
-    return target_from_name(name)
+    return target_from_name(name, references)

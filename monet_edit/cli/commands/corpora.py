@@ -49,11 +49,7 @@ def _oos_entry(spec, fingerprints=None, built=None) -> dict:
         "family": kind.family,
         "source": spec.source,
         "description": spec.description,
-        "available": ok,
-        "detail": detail,
-        "built": built is not None,
-        "fingerprint": built.fingerprint if built else None,
-        "counts": built.counts if built else None,
+        **_state(ok, detail, built),
         "chars": built.chars if built else None,
     }
 
@@ -71,12 +67,14 @@ def _entry(spec, ok: bool | None = None, detail: str = "", built=None) -> dict:
         "family": spec.family,
         "source": spec.source,
         "description": spec.description,
-        "available": ok,
-        "detail": detail,
-        "built": built is not None,
-        "fingerprint": built.fingerprint if built else None,
-        "counts": built.counts if built else None,
+        **_state(ok, detail, built),
     }
+
+
+def _state(ok: bool, detail: str, built) -> dict:
+    """Whether a corpus can be built here and what its cached build holds (None when not built)."""
+    return {"available": ok, "detail": detail, "built": built is not None,
+            "fingerprint": built.fingerprint if built else None, "counts": built.counts if built else None}
 
 
 @app.command("list")

@@ -27,6 +27,9 @@ def eval_command(
                               "directory, else tiny)."),
     base: str = typer.Option(None, "--base", help="Base model (default: from the edited model's edit record)."),
     target: str = typer.Option(None, "--target", help="Target corpus (default: from the edit record)."),
+    reference: list[str] = typer.Option(None, "--reference", help="A corpus whose change counts among the "
+                                        "others' (repeat the option; default: every other corpus, general "
+                                        "included)."),
     suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
     lm_eval: str = typer.Option(None, "--lm-eval", help="Comma-separated lm-evaluation-harness tasks (names, "
                                 "or tasks of --lm-eval-include YAMLs), run on both models; needs the optional "
@@ -60,7 +63,7 @@ def eval_command(
     group = distributed.init(device, nproc)  # joins the job under torchrun; nothing otherwise
     # Bad input fails here, once: checked by rank 0 under torchrun, before --nproc launches ranks.
     plan = group.on_main(lambda: prepare(
-        model, base, target, suites=suite, gate=gate, out=out, force=force, device=device, resume=resume,
+        model, base, target, references=reference or None, suites=suite, gate=gate, out=out, force=force, device=device, resume=resume,
         lm_eval=parse_tasks(lm_eval), lm_eval_include=lm_eval_include, lm_eval_limit=lm_eval_limit, **params))
     opt.maybe_launch(ctx, nproc)
     err.print(f"eval {plan.model} vs base {plan.base}: {plan.target.kind} {plan.target.name}, "
