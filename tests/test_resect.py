@@ -233,7 +233,7 @@ def test_resect_command_bad_input(tiny_ckpt, tiny_ckpt_vd, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_resect_scale_writes_graded_interventions_end_to_end(tiny_ckpt, tmp_path):
+def test_resect_scale_writes_graded_interventions_end_to_end(tiny_ckpt, tmp_path, capsys):
     """--scale S: the selected experts' routing weights times S, stored as per-expert scales (no
     masks), recorded, verified, and computed by load_model as the naive E*E expansion does."""
     from naive_monet import naive_logits
@@ -244,9 +244,12 @@ def test_resect_scale_writes_graded_interventions_end_to_end(tiny_ckpt, tmp_path
     selected = random_mask(cfg, 0.3, seed=4)
     mask_file = masks.save(tmp_path / "sel.safetensors", selected, cfg, {"rule": "test"})
     before = {p.name: p.read_bytes() for p in tiny_ckpt.iterdir() if p.is_file()}
+    sd = load_model(tiny_ckpt, dtype="float32").state_dict()
+    ids = torch.randint(0, cfg.vocab_size, (1, 5), generator=torch.Generator().manual_seed(1))
     for scale in (0.5, 1.5):
         out = tmp_path / f"scaled-{scale}"
-        res = cli("resect", "--mask", mask_file, "--model", tiny_ckpt, "--scale", str(scale), "--out", out, "--json")
+        res = run(capsys, "resect", "--mask", mask_file, "--model", tiny_ckpt, "--scale", scale, "--out", out,
+                  "--json")
         assert res.code == 0, res.stderr
         record = json.loads((out / "config.json").read_text())["monet_edit"]
         assert record["intervention"] == {"kind": "scale", "scale": scale}
@@ -257,10 +260,8 @@ def test_resect_scale_writes_graded_interventions_end_to_end(tiny_ckpt, tmp_path
         expected = {g: torch.where(m, scale, 1.0) for g, m in selected.items()}
         model = load_model(out, dtype="float32")
         assert all(torch.equal(model.scales()[g], expected[g]) for g in expected)
-        ids = torch.randint(0, cfg.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             ours = model(ids).logits[0].double()
-        sd = load_model(tiny_ckpt, dtype="float32").state_dict()
         ref = naive_logits(sd, cfg.to_dict(), ids[0].tolist(), scales=expected)
         plain = naive_logits(sd, cfg.to_dict(), ids[0].tolist())
         # fp32 against float64: a bound from the logits' own scale, far below the edit's effect
@@ -268,6 +269,6 @@ def test_resect_scale_writes_graded_interventions_end_to_end(tiny_ckpt, tmp_path
         assert (ours - ref).abs().max().item() < tol < (ref - plain).abs().max().item()
     assert {p.name: p.read_bytes() for p in tiny_ckpt.iterdir() if p.is_file()} == before  # source untouched
     for bad, why in (("1", "changes nothing"), ("-0.5", "finite number >= 0"), ("nan", "finite number >= 0")):
-        res = cli("resect", "--mask", mask_file, "--model", tiny_ckpt, "--scale", bad, "--out", tmp_path / "bad")
+        res = run(capsys, "resect", "--mask", mask_file, "--model", tiny_ckpt, "--scale", bad, "--out", tmp_path / "x")
         assert_clean_error(res, 2, why)
-        assert not (tmp_path / "bad").exists()
+        assert not (tmp_path / "x").exists()

@@ -162,13 +162,9 @@ def read_headers(directory: Path) -> dict[str, TensorInfo]:
 
 def expected_shapes(config: MonetConfig) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes a checkpoint of this config must hold (from the model on 'meta')."""
-    import torch
+    from .skeleton import skeleton
 
-    from .monet import MonetForCausalLM
-
-    with torch.device("meta"):
-        model = MonetForCausalLM(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return {k: tuple(v.shape) for k, v in skeleton(config).state_dict().items()}
 
 
 def check_tensors(config: MonetConfig, infos: dict[str, TensorInfo], where: Path) -> None:

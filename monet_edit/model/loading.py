@@ -53,7 +53,8 @@ def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None,
     import torch
 
     from . import precision
-    from .monet import MonetForCausalLM, RotaryEmbedding
+    from .monet import RotaryEmbedding
+    from .skeleton import skeleton
 
     ckpt = checkpoint.of(source)
     config = ckpt.config
@@ -70,8 +71,7 @@ def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None,
         keep_fp32 = ".router.norm" in name  # BatchNorm statistics drive routing: keep full precision
         if t.is_floating_point():
             tensors[name] = t.to(torch.float32 if keep_fp32 else target)
-    with torch.device("meta"):
-        model = MonetForCausalLM(config)
+    model = skeleton(config)
     if config.tie_word_embeddings:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
     model.load_state_dict(tensors, strict=True, assign=True)
