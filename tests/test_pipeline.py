@@ -65,10 +65,10 @@ def test_every_packaged_recipe_validates():
         assert recipe.conditions, path  # every packaged recipe gates its headline number
     law = pipeline.load("law")
     assert (law.target.name, law.rule, law.rule_params) == ("law", "skew", {"ratio": 2.0})
-    assert [str(c) for c in law.conditions] == ["selectivity>=10"]
+    assert [str(c) for c in law.conditions] == ["oos_target_loss_rel_lo>=0.03", "oos_selectivity>=5"]
     tox = pipeline.load("toxicity")
     assert (tox.rule, tox.eval_params.suites) == ("corr", ("loss", "toxicity"))
-    assert [str(c) for c in tox.conditions] == ["emt_rel<=-0.25", "general_loss_rel<0.02"]
+    assert [str(c) for c in tox.conditions] == ["emt_rel<=-0.25", "emt_rel_hi<0", "general_loss_rel<=0.02"]
     assert pipeline.load("german").target.references == targets.default_references("de")  # every other corpus
 
 
