@@ -84,6 +84,7 @@ def test_a_gate_on_pass_at_k_fails_with_exit_3(tiny_ckpt, copies, tmp_path, shar
     assert res.code == 3 and "gate failed: humaneval_pass1_before>=0.5" in res.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # 20 s; data-parallel eval is checked in the default run by test_distributed
 def test_two_ranks_give_the_numbers_of_one_process(tiny_ckpt, copies, tmp_path, shared_home):  # noqa: F811
     env = {"MONET_EDIT_HOME": str(shared_home)}
     one = _eval(copies["masked"], tiny_ckpt, tmp_path / "one", "--suite", "humaneval", "--json", env=env)

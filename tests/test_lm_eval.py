@@ -184,6 +184,7 @@ def test_cli_eval_lm_eval_before_and_after(tiny_ckpt, copies, tmp_path):  # noqa
     assert "monet_law_ppl" in res.stderr  # the printed table
 
 
+@pytest.mark.slow  # lm-eval indexes all its built-in tasks first (15 s)
 def test_unknown_task_is_a_usage_error(tmp_path):
     folder = write_task(tmp_path / "tasks", "monet_one", [{"question": "q", "choices": list("abcd"), "answer": 0}])
     with pytest.raises(UsageError, match="unknown task 'no_such_task_xyz'"):  # after indexing the built-ins

@@ -173,10 +173,10 @@ class CodeSource:
                 out.append(Path(real))
         return out
 
-    def files(self) -> list[tuple[str, Path]]:
-        """(relative id, path) for every candidate file, deduplicated by real path, sorted."""
+    def _candidates(self) -> Iterator[tuple[str, Path]]:
+        """(relative id, path) of each candidate file in walk order, once per real path (lazy, so
+        that availability stops after min_files instead of walking whole source trees)."""
         seen: set[str] = set()
-        out: dict[str, Path] = {}
         for root in self.existing_roots():
             for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
                 dirnames[:] = sorted(
@@ -193,8 +193,13 @@ class CodeSource:
                     except OSError:
                         continue
                     seen.add(real)
-                    rel = f"{root.name}/{path.relative_to(root).as_posix()}"
-                    out.setdefault(rel, path)
+                    yield f"{root.name}/{path.relative_to(root).as_posix()}", path
+
+    def files(self) -> list[tuple[str, Path]]:
+        """(relative id, path) for every candidate file, deduplicated by real path, sorted."""
+        out: dict[str, Path] = {}
+        for rel, path in self._candidates():
+            out.setdefault(rel, path)
         return sorted(out.items())
 
     def availability(self) -> tuple[bool, str]:
@@ -202,7 +207,7 @@ class CodeSource:
         if not roots:
             return False, f"not installed: {self.install}"
         n = 0
-        for _ in self.files():
+        for _ in self._candidates():
             n += 1
             if n >= self.min_files:
                 return True, ", ".join(str(r) for r in roots)
