@@ -21,17 +21,18 @@ from monet_edit.model import checkpoint
 from monet_edit.selection import select as selection
 from monet_edit.selection import targets
 
-# (target option, target name, rule, parameters): each rule at the parameters its recipe or
-# default uses, plus the skew ratio of the recipes
+# (target option, target name, rule, parameters): each rule at its default parameters, and the skew
+# rule also at a lower ratio (the broad references make ratio 2 strict); most telling rows first
 GRID = [
-    *[("language", "de", rule, params) for rule, params in
-      (("skew", {"ratio": 2.0}), ("skew", {"ratio": 1.5}), ("budget", {}), ("contrastive", {}), ("attribution", {}))],
-    *[("language", "python", rule, params) for rule, params in
-      (("skew", {"ratio": 2.0}), ("skew", {"ratio": 1.0}), ("budget", {}), ("contrastive", {}), ("attribution", {}))],
-    *[("domain", "law", rule, params) for rule, params in
-      (("skew", {"ratio": 2.0}), ("skew", {"ratio": 1.0}), ("budget", {}), ("contrastive", {}), ("attribution", {}))],
+    ("language", "de", "skew", {"ratio": 2.0}), ("language", "de", "skew", {"ratio": 1.5}),
+    ("language", "de", "budget", {}),
+    ("language", "python", "skew", {"ratio": 2.0}), ("language", "python", "skew", {"ratio": 1.0}),
+    ("domain", "law", "skew", {"ratio": 2.0}), ("domain", "law", "skew", {"ratio": 1.0}),
     ("toxicity", "toxicity", "corr", {"threshold": 0.1}),
-    ("toxicity", "toxicity", "contrastive", {}),
+    *[(kind, name, "contrastive", {}) for kind, name in
+      (("language", "de"), ("language", "python"), ("domain", "law"), ("toxicity", "toxicity"))],
+    ("language", "python", "budget", {}), ("domain", "law", "budget", {}),
+    *[(kind, name, "attribution", {}) for kind, name in (("language", "de"), ("language", "python"), ("domain", "law"))],
 ]
 PROFILE = {"tokens": 50_000, "seq_len": 128, "batch_size": 8}
 EVAL = {"tokens": 5_000, "seq_len": 128, "batch_size": 8, "seed": 0}
