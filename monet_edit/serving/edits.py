@@ -11,12 +11,11 @@ get a correction, weighted delta_ij * g1[h, i] * g2[h, j].
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
 import torch
 
-EDIT_KEY = re.compile(r"^model\.layers\.(\d+)\.router\.expert_(mask|scale)$")
+from ..model.checkpoint import EDIT_KEY
 
 
 def check_edit(name: str, tensor: torch.Tensor, layers: int, group_size: int, experts: int) -> int:
