@@ -6,7 +6,7 @@ alike. The first line describes the run (machine, provenance, load average), the
 result, then a summary line (targets met and missed); the same lines go to --out.
 
 Figures: peak (this machine's GEMM rate), forward, profile, cost, statistic, generate,
-precision, memory, ranks, gpu; fidelity (the baseline against the published file) with
+precision, training, memory, ranks, gpu; fidelity (the baseline against the published file) with
 --upstream PATH, which also makes the published file the baseline of forward and profile.
 """
 
@@ -28,7 +28,8 @@ from monet_edit.infra import atomic, provenance
 
 from . import common
 
-FIGURES = ("peak", "forward", "profile", "cost", "statistic", "generate", "precision", "memory", "ranks", "gpu")
+FIGURES = ("peak", "forward", "profile", "cost", "statistic", "generate", "precision", "training", "memory", "ranks",
+           "gpu")
 ROOT = Path(__file__).resolve().parent
 
 
@@ -75,6 +76,7 @@ def sections(args: argparse.Namespace) -> dict[str, Callable[[], Iterator[dict]]
         profile,
         ranks,
         statistic,
+        training,
         upstream,
     )
 
@@ -108,6 +110,8 @@ def sections(args: argparse.Namespace) -> dict[str, Callable[[], Iterator[dict]]
         "precision": lambda: precision.run(() if quick else ("en", "de", "python", "law"), 4096,
                                            common.QUICK if quick else common.WIDE, repeats,
                                            "quick" if quick else "1.4B layer shape"),
+        "training": lambda: training.run(training.QUICK_SHAPES if quick else training.SHAPES, counts, repeats,
+                                         batch=2 if quick else 16, seq=16 if quick else 128),
         "memory": lambda: memory.run([2048, 8192] if quick else [65536, 262144, 1048576], quick),
         "ranks": lambda: ranks.run(4096 if quick else 524288, 32 if quick else 128,
                                    ("en",) if quick else ("en", "de", "fr", "es", "it", "pt", "python", "c", "go",

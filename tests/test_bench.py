@@ -20,6 +20,7 @@ from bench import (
     profile,
     ranks,
     statistic,
+    training,
 )
 from bench import upstream as upstream_mod
 from monet_edit.errors import UsageError
@@ -171,3 +172,11 @@ def test_memory_figure_probes_in_subprocesses():
 def test_ranks_figure_reads_the_cli_json():
     (line,) = ranks.run(tokens=1024, seq=32, sources=("en",))
     assert line["ratio"] > 0 and set(line["wall_seconds"]) == {"1", "2"}
+
+
+def test_training_figure_times_both_precisions_of_the_trainers_step():
+    lines = _well_formed(list(training.run(training.QUICK_SHAPES, (1,), repeats=1, batch=2, seq=8)), "training")
+    assert len(lines) == 1
+    assert set(lines[0]["tokens_per_s"]) == {"fp32", "bf16"} and lines[0]["tokens_per_step"] == 16
+    for fields in training.SHAPES.values():  # every shape weighed is a valid model
+        MonetConfig(**fields).validate()

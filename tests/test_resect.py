@@ -257,6 +257,14 @@ def test_resect_scale_writes_graded_interventions_end_to_end(tiny_ckpt, tmp_path
         ckpt = checkpoint.of(out)
         assert ckpt.stored_masks == {} and sorted(ckpt.stored_scales) == sorted(selected)
         assert any(SCALE_KEY.match(n) for n in ckpt.infos)
+        # the card and the report say what was done: scaled, by how much, how many experts
+        verb = "attenuated" if scale < 1 else "amplified"
+        assert f"by {scale:g} ({verb})" in (out / "README.md").read_text()
+        from monet_edit.reporting import runs
+
+        shown = runs.open_run(out).facts["intervention"]
+        assert shown.startswith(f"graded: routing weights x {scale:g} ({verb})")
+        assert f"{sum(record['scaled']):,} experts" in shown
         expected = {g: torch.where(m, scale, 1.0) for g, m in selected.items()}
         model = load_model(out, dtype="float32")
         assert all(torch.equal(model.scales()[g], expected[g]) for g in expected)

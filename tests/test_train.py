@@ -68,6 +68,7 @@ def test_packaged_tiny_recipe_validates():
     (lambda t: t.replace('moe_decompose = "vertical"', 'moe_decompose = "diagonal"'), "moe_decompose"),
     (lambda t: t.replace("[train.model]", "[train.model\n"), "not valid TOML"),
     (lambda t: t.replace('corpora = ["engineering", "chemistry"]', 'corpora = ["enginering"]'), "engineering"),
+    (lambda t: t.replace("warmup_steps = 1", 'warmup_steps = 1\nprecision = "fp8"'), "optim.precision must be one of"),
 ])
 def test_bad_recipes(tmp_path, edit, needle):
     path = write_recipe(tmp_path, edit(RECIPE))
@@ -150,3 +151,55 @@ def test_existing_output_needs_force(tmp_path):
     with pytest.raises(UsageError, match="--force"):
         train_mod.train(path)
     assert (tmp_path / "out" / "keep.txt").read_text() == "x"
+
+
+def test_bf16_autocast_step_trains_in_bf16_and_keeps_fp32_state():
+    """train_step under optim.precision = "bf16": the expert matmuls run in bf16 (gradients still
+    reach every weight, stored in fp32), the routers' scores and statistics stay fp32, and the
+    loss falls on a repeated batch like the fp32 step's does."""
+    from monet_edit.model.config import MonetConfig
+    from monet_edit.model.monet import MonetForCausalLM
+
+    cfg = MonetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, moe_experts=8,
+                      moe_dim=4, moe_heads=2, moe_topk=2, moe_groups=1, moe_decompose="horizontal",
+                      max_position_embeddings=64).validate()
+    rows = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(0))
+    optim = dict(lr=1e-2, beta1=0.9, beta2=0.95, weight_decay=0.0, grad_clip=1.0, aux_weight=0.01)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = MonetForCausalLM(cfg).init_weights(0).train()
+        opt = train_mod.make_optimizer(model, optim)
+        seen = []
+        hook = model.model.layers[0].moe.u.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        losses[precision] = [train_mod.train_step(model, opt, rows, dict(optim, precision=precision))[0].item()
+                             for _ in range(8)]
+        hook.remove()
+        assert seen[0] == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        norm = model.model.routers()[0].norm1
+        assert norm.running_mean.dtype == torch.float32 and norm.running_mean.abs().sum() > 0
+    for precision, curve in losses.items():
+        assert curve[-1] < curve[0] - 0.1, (precision, curve)
+    # the same start: the first losses differ only by bf16 rounding of the logits
+    assert abs(losses["bf16"][0] - losses["fp32"][0]) < 0.05 * losses["fp32"][0]
+
+
+def test_retraining_over_a_checkpoint_compares_old_and_new_on_the_same_tokens(tmp_path):
+    """`train --force` over a trained checkpoint measures the one it replaces with the same code on
+    the same held-out tokens and the card shows both side by side."""
+    path = write_recipe(tmp_path)
+    first = train_mod.train(path)
+    longer = path.read_text().replace("steps = 4", "steps = 8")
+    path.write_text(longer)
+    second = train_mod.train(path, force=True)
+    record = json.loads((tmp_path / "out" / "training.json").read_text())
+    old = record["previous"]
+    assert old["steps"] == 4 and old["same_tokenizer"] and record["steps"] == 8
+    # the old model re-measured now reproduces what its own run measured (same tokens, same code)
+    for name, v in first["metrics"]["per_corpus"].items():
+        assert abs(old["metrics"]["per_corpus"][name]["loss"] - v["loss"]) < 2**-7 * v["loss"], name  # bf16 weights
+        assert second["metrics"]["per_corpus"][name]["loss"] != v["loss"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Compared with the checkpoint it replaced" in card
+    mean_row = next(line for line in card.splitlines() if line.startswith("| mean |"))
+    assert f"{old['metrics']['mean_loss']:.3f}" in mean_row and f"{record['metrics']['mean_loss']:.3f}" in mean_row

@@ -47,11 +47,39 @@ def eval_section(summary: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _verb(scale: float) -> str:
+    return "masked" if scale == 0 else "attenuated" if scale < 1 else "amplified"
+
+
+def intervention(record: dict[str, Any]) -> str:
+    """What the edit does to the selected experts, in words (mask, or graded scale)."""
+    kind = record.get("intervention") or {"kind": "mask"}
+    if kind.get("kind") != "scale":
+        return "mask: routing weights set to 0"
+    scaled = record.get("scaled") or []
+    return (f"graded: routing weights x {kind['scale']:g} ({_verb(kind['scale'])}), {sum(scaled):,} experts "
+            f"({', '.join(map(str, scaled))} per group)")
+
+
+def intervention_sentence(record: dict[str, Any], target: str) -> str:
+    """The card's first sentence: how many experts the edit changed, and how."""
+    total = record["total_experts"]
+    kind = record.get("intervention") or {"kind": "mask"}
+    if kind.get("kind") == "scale":
+        scaled = sum(record.get("scaled") or [])
+        return (f"A Monet model in which monet-edit scaled the routing weights of {scaled:,} of {total:,} experts "
+                f"({scaled / total:.2%}) by {kind['scale']:g} ({_verb(kind['scale'])}) to change {target}. Every "
+                "weight is the base model's, byte for byte; per-expert scales (one float32 [E, E] per routing "
+                "group, 1 = unchanged) multiply the routing weights.")
+    return (f"A Monet model with {record['masked']:,} of {total:,} experts ({record['fraction']:.2%}) masked by "
+            f"monet-edit to remove {target}. Every weight is the base model's, byte for byte; the masks "
+            "(one bool [E, E] per routing group) zero the routing weight of the masked experts.")
+
+
 def edited(record: dict[str, Any], config, out_name: str) -> str:
     """Markdown for a checkpoint whose config.json carries `record` under `monet_edit`."""
     base = record["base"]
     counts = record["counts"]
-    total = record["total_experts"]
     per_group = config.num_experts
     target = record.get("target") or "the target"
     lines = [
@@ -63,9 +91,7 @@ def edited(record: dict[str, Any], config, out_name: str) -> str:
         "",
         f"# {out_name}",
         "",
-        f"A Monet model with {record['masked']:,} of {total:,} experts ({record['fraction']:.2%}) masked by "
-        f"monet-edit to remove {target}. Every weight is the base model's, byte for byte; the masks "
-        "(one bool [E, E] per routing group) zero the routing weight of the masked experts.",
+        intervention_sentence(record, target),
         "",
         "## How it was made",
         "",
@@ -160,10 +186,45 @@ def trained(record: dict) -> str:
         "",
         *specialisation_lines(m),
         "",
+        *previous_lines(record),
         f"Made by monet-edit {record['provenance']['version']} (git {record['provenance']['git_revision']}).",
         "",
     ]
     return "\n".join(lines)
+
+
+def previous_lines(record: dict) -> list[str]:
+    """Old vs new, side by side: the checkpoint this training run replaced, measured by the same
+    code on the same held-out tokens (training.json `previous`)."""
+    old = record.get("previous")
+    if not old:
+        return []
+    rev = (old.get("provenance") or {}).get("git_revision", "?")
+    lines = ["## Compared with the checkpoint it replaced", "",
+             f"The previous checkpoint (git {rev}: {old.get('steps')} steps, {_num(old.get('tokens'))} tokens, "
+             f"{(old.get('train_seconds') or 0) / 60:.1f} min on {old.get('threads')} threads) against this one "
+             f"({record['steps']} steps, {record['tokens']:,} tokens, {record['train_seconds'] / 60:.1f} min on "
+             f"{record['threads']} threads), measured now by the same code on the same held-out tokens.", ""]
+    if not old.get("same_tokenizer") or "metrics" not in old:
+        return lines + ["Its tokenizer differs, so per-token losses are not comparable and are not shown.", ""]
+    was, now = old["metrics"], record["metrics"]
+    spec_was, spec_now = was["specialisation"]["per_corpus"], now["specialisation"]["per_corpus"]
+    lines += ["| corpus | loss before | loss now | change | specialised experts per group before | now |",
+              "|---|---|---|---|---|---|"]
+    for name, v in now["per_corpus"].items():
+        if name not in was["per_corpus"]:
+            continue
+        before = was["per_corpus"][name]["loss"]
+        lines.append(f"| {name} | {before:.3f} | {v['loss']:.3f} | {v['loss'] - before:+.3f} | "
+                     f"{' / '.join(map(str, spec_was.get(name, {}).get('experts', [])))} | "
+                     f"{' / '.join(map(str, spec_now[name]['experts']))} |")
+    lines += [f"| mean | {was['mean_loss']:.3f} | {now['mean_loss']:.3f} | {now['mean_loss'] - was['mean_loss']:+.3f} "
+              "| | |", ""]
+    r_was, r_now = was["specialisation"]["routing"], now["specialisation"]["routing"]
+    lines += [f"Routing health before / now: dead experts per group {r_was['dead_experts']} / {r_now['dead_experts']}, "
+              f"distinct experts active per token {r_was['distinct_experts_per_token']} / "
+              f"{r_now['distinct_experts_per_token']}.", ""]
+    return lines
 
 
 def specialisation_lines(metrics: dict) -> list[str]:

@@ -24,6 +24,7 @@ from ..evaluation.results import RESULTS
 from ..infra import provenance
 from ..infra.provenance import RECORD_KEY
 from ..model import masks as masks_mod
+from ..model import modelcard
 
 EXPECTED = ("expected a profile or mask file (.safetensors), a resected checkpoint directory, or eval "
             "results (a directory with results.json)")
@@ -133,7 +134,7 @@ def _checkpoint(directory: Path, run: Run | None = None) -> Run:
                                          if record.get(k) is not None}))
     run.model = str(directory)  # routing ignores masks: the checkpoint itself shows what its experts do
     base = record.get("base", {})
-    run.facts.update(checkpoint=str(directory), base=base.get("source"),
+    run.facts.update(checkpoint=str(directory), base=base.get("source"), intervention=modelcard.intervention(record),
                      model_fingerprint=base.get("fingerprint"), command=record.get("command"))
     run.recorded["resect"] = record.get("provenance", {})
     return run

@@ -40,9 +40,15 @@ SCHEMA = {"train": {
              "eval_tokens": (int, 8192), "max_train_chars": (int, 4_000_000)},
     "optim": {"steps": int, "batch_size": int, "lr": float, "min_lr_ratio": (float, 0.1),
               "warmup_steps": int, "weight_decay": (float, 0.1), "beta1": (float, 0.9),
-              "beta2": (float, 0.95), "grad_clip": (float, 1.0), "aux_weight": (float, 1e-3)},
+              "beta2": (float, 0.95), "grad_clip": (float, 1.0), "aux_weight": (float, 1e-3),
+              "precision": (str, "fp32")},
     "checkpoint": {"every": (int, 100), "settle_batches": (int, 16), "log_every": (int, 10)},
 }}
+
+
+# Compute precision of the forward and backward: fp32, or bf16 autocast (weights, optimizer state and
+# router statistics stay fp32; the routers score, normalise and threshold in fp32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -54,6 +60,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     for key in ("steps", "batch_size", "warmup_steps"):
         if recipe["optim"][key] < (0 if key == "warmup_steps" else 1):
             raise UsageError(f"{path}: optim.{key} must be positive, got {recipe['optim'][key]}")
+    if recipe["optim"]["precision"] not in PRECISIONS:
+        raise UsageError(f"{path}: optim.precision must be one of {', '.join(PRECISIONS)}, "
+                         f"got {recipe['optim']['precision']!r}")
     if recipe["data"]["seq_len"] >= recipe["model"]["max_position_embeddings"]:
         raise UsageError(f"{path}: data.seq_len must be below model.max_position_embeddings")
     return recipe
@@ -179,6 +188,23 @@ def make_optimizer(model, optim: dict) -> torch.optim.Optimizer:
                              lr=optim["lr"], betas=(optim["beta1"], optim["beta2"]))
 
 
+def train_step(model, opt: torch.optim.Optimizer, rows: torch.Tensor, optim: dict
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on rows [B, T+1] at optim["precision"]; returns (lm loss, L_unif, L_amb,
+    gradient norm before clipping). The benchmarks time this same function."""
+    dtype = PRECISIONS[optim["precision"]]
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        outp = model(rows[:, :-1], output_routing=True)
+    lm = F.cross_entropy(outp.logits.float().reshape(-1, outp.logits.shape[-1]), rows[:, 1:].reshape(-1))
+    unif, amb = aux_losses(outp.routing)
+    loss = lm + optim["aux_weight"] * (unif + amb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
+    opt.step()
+    return lm, unif, amb, gnorm
+
+
 # ---- state ---------------------------------------------------------------------------------------
 
 def save_state(run_dir: Path, model, opt, step: int, extra: dict) -> None:
@@ -249,6 +275,28 @@ def held_out_metrics(model, data: TrainData, seq_len: int, eval_tokens: int) -> 
     }
 
 
+def previous_model(out_dir: Path, data: TrainData, seq_len: int, eval_tokens: int) -> dict[str, Any] | None:
+    """The trained checkpoint this run replaces (at `out_dir`), measured now by the same code on the
+    same held-out tokens, so that the new card shows old and new side by side. None when there is
+    none; its losses are comparable only with the same tokenizer, which is recorded."""
+    from tokenizers import Tokenizer
+
+    from ..model.loading import load_model
+
+    record_path = out_dir / "training.json"
+    if not record_path.is_file():
+        return None
+    old = json.loads(record_path.read_text())
+    same = (Tokenizer.from_file(str(out_dir / "tokenizer.json")).get_vocab()
+            == Tokenizer.from_file(str(data.tokenizer_path)).get_vocab())
+    summary = {k: old.get(k) for k in ("steps", "tokens", "train_seconds", "threads", "parameters")}
+    summary.update(recipe=old.get("recipe"), provenance=old.get("provenance"), same_tokenizer=same)
+    if same:
+        err.print(f"measuring the checkpoint this run replaces ({out_dir}) on the same held-out tokens")
+        summary["metrics"] = held_out_metrics(load_model(out_dir, dtype="fp32"), data, seq_len, eval_tokens)
+    return summary
+
+
 # ---- the run -------------------------------------------------------------------------------------
 
 def write_model(model, data: TrainData, recipe: dict, out: Path, metrics: dict, force: bool,
@@ -307,15 +355,8 @@ def train(recipe_path: str | Path, *, out: str | None = None, run_dir: str | Non
             lr = lr_at(step, optim)
             for group in opt.param_groups:
                 group["lr"] = lr
-            rows_ = batch(data, seed, step, optim["batch_size"], seq_len)
-            outp = model(rows_[:, :-1], output_routing=True)
-            lm = F.cross_entropy(outp.logits.reshape(-1, vocab), rows_[:, 1:].reshape(-1))
-            unif, amb = aux_losses(outp.routing)
-            loss = lm + optim["aux_weight"] * (unif + amb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
-            opt.step()
+            lm, unif, amb, gnorm = train_step(model, opt, batch(data, seed, step, optim["batch_size"], seq_len),
+                                              optim)
             step += 1
             elapsed = elapsed_before + time.perf_counter() - t0
             if step % recipe["checkpoint"]["log_every"] == 0 or step == optim["steps"]:
@@ -335,6 +376,9 @@ def train(recipe_path: str | Path, *, out: str | None = None, run_dir: str | Non
     info = {"steps": step, "tokens": step * optim["batch_size"] * seq_len,
             "train_seconds": round(train_seconds, 1),
             "parameters": model.num_parameters(), "threads": torch.get_num_threads()}
+    previous = previous_model(out_dir, data, seq_len, recipe["data"]["eval_tokens"]) if force else None
+    if previous:
+        info["previous"] = previous
     write_model(model, data, recipe, out_dir, metrics, force, info)
     err.print(f"wrote {out_dir}")
     return dict(info, metrics=metrics, out=str(out_dir))
