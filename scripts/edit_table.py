@@ -22,7 +22,8 @@ from monet_edit.selection import select as selection
 from monet_edit.selection import targets
 
 # (target option, target name, rule, parameters): each rule at its default parameters, and the skew
-# rule also at a lower ratio (the broad references make ratio 2 strict); most telling rows first
+# rule also at a lower ratio (the broad references make ratio 2 strict); most telling rows first, the
+# oracle bound last
 GRID = [
     ("language", "de", "skew", {"ratio": 2.0}), ("language", "de", "skew", {"ratio": 1.5}),
     ("language", "de", "budget", {}),
@@ -33,6 +34,9 @@ GRID = [
       (("language", "de"), ("language", "python"), ("domain", "law"), ("toxicity", "toxicity"))],
     ("language", "python", "budget", {}), ("domain", "law", "budget", {}),
     *[(kind, name, "attribution", {}) for kind, name in (("language", "de"), ("language", "python"), ("domain", "law"))],
+    # the bound: a diagnostic that looks at the out-of-source sets the rows above never see
+    *[(kind, name, "oracle", {}) for kind, name in
+      (("language", "de"), ("language", "python"), ("domain", "law"), ("toxicity", "toxicity"))],
 ]
 PROFILE = {"tokens": 50_000, "seq_len": 128, "batch_size": 8}
 EVAL = {"tokens": 5_000, "seq_len": 128, "batch_size": 8, "seed": 0}

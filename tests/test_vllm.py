@@ -4,8 +4,9 @@ Runs in vLLM's own environment (`make test` runs this module with .venv-vllm's P
 environment deselects the `vllm` marker). Each engine start costs tens of seconds, so every model
 gets one engine (a module fixture that queries it once and shuts it down) and every test compares
 those answers with monet_edit's own greedy generation and log-probabilities:
-tiny, a resected (masked) tiny served over HTTP by `monet-edit serve`, a scaled tiny, and random
-HD (grouped-query attention) and VD (masked, sharded) checkpoints. The tensor-parallel expert
+tiny, an edited tiny (masked, then graded: experts attenuated and amplified, all by `resect`)
+served over HTTP by `monet-edit serve`, and random HD (grouped-query attention) and VD (masked,
+sharded) checkpoints. The tensor-parallel expert
 layers are checked at sizes 1, 2 and 4 with ranks simulated as threads (no engine).
 
 Tolerances: vLLM and monet_edit compute in fp32 with different kernels (attention, norms, fused
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -83,53 +83,20 @@ def run_engine(model_dir: Path, prompts: list[list[int]]) -> dict:
 
 # ---- what monet_edit computes -----------------------------------------------------------------
 
-def scaled_logits(model, ids: list[int], scales: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Logits [T, V] of `model` with per-expert routing scales, from monet_edit's own layers.
-
-    An expert layer's output is linear in the routing weights G_ij, so scaling the experts S_v by v
-    gives out_full + (1 - v) * (out_masked(S_v) - out_full), summed over the distinct values v;
-    out_masked is monet_edit's masked forward (kernels.masked_pairs), an independent formulation
-    from the serving model's signed per-pair weights.
-    """
-    net, cfg = model.model, model.config
-    x = torch.tensor([ids])
-    h = net.embed_tokens(x)
-    cos, sin = net.rotary(torch.arange(len(ids)), h.dtype)
-    for i, layer in enumerate(net.layers):
-        h = h + layer.self_attn(layer.input_layernorm(h), cos, sin, None)[0]
-        u = layer.post_attention_layernorm(h).reshape(len(ids), -1)
-        if layer.router is not None:
-            g1, g2 = layer.router(u)
-            scale = scales.get(i // cfg.moe_groups)
-        full = out = layer.moe(u, g1, g2, None)
-        for v in (scale.unique().tolist() if scale is not None else []):
-            pairs = kernels.masked_pairs(g1, g2, scale == v) if v != 1 else None
-            if pairs is not None:
-                out = out + (1 - v) * (layer.moe(u, g1, g2, pairs) - full)
-        h = h + out.view(1, len(ids), -1)
-    return model.lm_head(net.norm(h))[0]
-
-
 class Reference:
-    """monet_edit's greedy continuation and log-probs for one checkpoint (scales optional)."""
+    """monet_edit's greedy continuation (its own generation: KV cache, sparse decode path) and
+    log-probs for one checkpoint, with whatever masks and scales it stores (load_model applies them
+    as the naive E*E expansion does: tests/test_resect.py)."""
 
-    def __init__(self, model_dir: Path, scales: dict | None = None) -> None:
+    def __init__(self, model_dir: Path) -> None:
         self.model = load_model(model_dir)
-        self.scales = scales
 
     @torch.inference_mode()
     def logits(self, ids: list[int]) -> torch.Tensor:
-        if self.scales is not None:
-            return scaled_logits(self.model, ids, self.scales)
         return self.model(torch.tensor([ids])).logits[0]
 
     def greedy(self, ids: list[int]) -> list[int]:
-        if self.scales is None:  # the library's own generation (KV cache, sparse decode path)
-            return sample(self.model, ids, max_new_tokens=NEW_TOKENS, temperature=0)[0]
-        seq = list(ids)
-        for _ in range(NEW_TOKENS):
-            seq.append(int(self.logits(seq)[-1].argmax()))
-        return seq[len(ids):]
+        return sample(self.model, ids, max_new_tokens=NEW_TOKENS, temperature=0)[0]
 
 
 def assert_same_greedy(ref: Reference, prompt: list[int], tokens: list[int], logprobs: list[float]) -> None:
@@ -170,15 +137,10 @@ def tiny_masks() -> dict[int, torch.Tensor]:
     return {g: torch.rand(128, 128, generator=gen) < 0.05 for g in range(2)}
 
 
-def tiny_scales() -> dict[int, torch.Tensor]:
-    """Group 0: 3% attenuated to 0.5, 3% amplified to 2, 2% off (0); group 1 unscaled (no tensor)."""
-    gen = torch.Generator().manual_seed(4)
-    r = torch.rand(128, 128, generator=gen)
-    scale = torch.ones(128, 128)
-    scale[r < 0.03] = 0.5
-    scale[(r >= 0.03) & (r < 0.06)] = 2.0
-    scale[(r >= 0.06) & (r < 0.08)] = 0.0
-    return {0: scale}
+def tiny_scale_selections() -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Group 0 only: 3% of the experts to attenuate, another 3% to amplify (seeded)."""
+    r = torch.rand(128, 128, generator=torch.Generator().manual_seed(4))
+    return {0: r < 0.03}, {0: (r >= 0.03) & (r < 0.06)}
 
 
 @pytest.fixture(scope="module")
@@ -197,17 +159,14 @@ def masked_dir(work, tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scaled_dir(work, tiny_dir) -> Path:
-    """tiny with group 0's `expert_scale` tensor added to a copy of its weights."""
-    from safetensors.torch import load_file, save_file
+def edited_dir(work, masked_dir) -> Path:
+    """Graded edits on top of the resected tiny, by resect --scale twice (x0.5 then x2): masks and
+    scales in the one checkpoint the server serves."""
+    from monet_edit.editing.resect import resect
 
-    out = work / "scaled-tiny"
-    shutil.copytree(tiny_dir, out)
-    tensors = load_file(str(out / "model.safetensors"))
-    for g, s in tiny_scales().items():
-        tensors[f"model.layers.{g * 2}.router.expert_scale"] = s.float()
-    save_file(tensors, str(out / "model.safetensors"))
-    return out
+    half, double = tiny_scale_selections()
+    halved = resect(masked_dir, half, work / "halved-tiny", command="test_vllm", mask_meta={}, scale=0.5)
+    return resect(halved, double, work / "edited-tiny", command="test_vllm", mask_meta={}, scale=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -244,11 +203,6 @@ def tiny_vllm(tiny_dir, tiny_prompts) -> dict:
     return run_engine(tiny_dir, tiny_prompts)
 
 
-@pytest.fixture(scope="module")
-def scaled_vllm(scaled_dir, tiny_prompts) -> dict:
-    return run_engine(scaled_dir, tiny_prompts)
-
-
 # ---- parity -----------------------------------------------------------------------------------
 
 def check_engine(ref: Reference, prompts: list[list[int]], answers: dict) -> None:
@@ -263,14 +217,6 @@ def test_tiny_greedy_and_logprobs_match_monet_edit(tiny_dir, tiny_prompts, tiny_
     check_engine(Reference(tiny_dir), tiny_prompts, tiny_vllm)
 
 
-def test_scaled_tiny_matches_monet_edit_with_scales(scaled_dir, tiny_dir, tiny_prompts, scaled_vllm, tiny_vllm):
-    check_engine(Reference(tiny_dir, scales=tiny_scales()), tiny_prompts, scaled_vllm)
-    # the scales are applied at all: the served log-probs move away from tiny's
-    moved = max(abs(a - b) for s, t in zip(scaled_vllm["prompt_logprobs"], tiny_vllm["prompt_logprobs"],
-                                           strict=True) for a, b in zip(s, t, strict=True))
-    assert moved > 100 * tolerance(Reference(tiny_dir).logits(tiny_prompts[0]))
-
-
 @pytest.mark.parametrize("kind", ["hd", "vd"])
 def test_random_checkpoints_match_monet_edit(kind, request):
     model_dir = request.getfixturevalue(f"{kind}_dir")
@@ -278,7 +224,7 @@ def test_random_checkpoints_match_monet_edit(kind, request):
     check_engine(Reference(model_dir), prompts, run_engine(model_dir, prompts))
 
 
-# ---- the OpenAI server on a resected checkpoint ------------------------------------------------
+# ---- the OpenAI server on an edited checkpoint ------------------------------------------------
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -293,11 +239,11 @@ def _post(url: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(masked_dir, work):
-    """`monet-edit serve` on the resected tiny, on loopback; stopped (its process group) at the end."""
+def server(edited_dir, work):
+    """`monet-edit serve` on the edited tiny, on loopback; stopped (its process group) at the end."""
     port = _free_port()
     log = open(work / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "monet_edit", "serve", str(masked_dir), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "monet_edit", "serve", str(edited_dir), "--port", str(port),
                              "--served-model-name", "resected-tiny", "--dtype", "float32", "--max-model-len", "256",
                              "--kv-cache-memory-bytes", str(64 << 20)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -328,8 +274,8 @@ def server(masked_dir, work):
         log.close()
 
 
-def test_served_resected_checkpoint_answers_completions_like_monet_edit(server, masked_dir, tiny_prompts):
-    ref, tok = Reference(masked_dir), load_tokenizer(masked_dir)
+def test_served_edited_checkpoint_answers_completions_like_monet_edit(server, edited_dir, tiny_prompts):
+    ref, tok = Reference(edited_dir), load_tokenizer(edited_dir)
     models = json.loads(urllib.request.urlopen(f"{server}/v1/models", timeout=30).read())
     assert [m["id"] for m in models["data"]] == ["resected-tiny"]
     for text, ids in zip(PROMPTS, tiny_prompts, strict=True):
@@ -345,21 +291,27 @@ def test_served_resected_checkpoint_answers_completions_like_monet_edit(server, 
             assert choice["text"] == tok.decode(ref.greedy(ids))
 
 
-def test_masks_move_served_logprobs_where_they_move_ours(server, masked_dir, tiny_dir, tiny_prompts, tiny_vllm):
-    ours_base, ours_masked = Reference(tiny_dir), Reference(masked_dir)
-    moved = 0
+def test_edits_move_served_logprobs_where_they_move_ours(server, edited_dir, masked_dir, tiny_dir, tiny_prompts,
+                                                         tiny_vllm):
+    ours_base, ours_edited = Reference(tiny_dir), Reference(edited_dir)
+    masks_only = Reference(masked_dir)
+    moved = graded = 0
     for i, ids in enumerate(tiny_prompts):
         body = _post(f"{server}/v1/completions", {"model": "resected-tiny", "prompt": ids, "max_tokens": 1,
                                                   "temperature": 0, "prompt_logprobs": 0})
         served = [entry[str(t)]["logprob"] for entry, t in zip(body["choices"][0]["prompt_logprobs"][1:], ids[1:],
                                                                 strict=True)]
-        ours = [m - b for m, b in zip(prompt_logprobs(ours_masked, ids), prompt_logprobs(ours_base, ids), strict=True)]
+        ours = [m - b for m, b in zip(prompt_logprobs(ours_edited, ids), prompt_logprobs(ours_base, ids), strict=True)]
         theirs = [m - b for m, b in zip(served, tiny_vllm["prompt_logprobs"][i], strict=True)]
         tol = 2 * tolerance(ours_base.logits(ids))
         for t, (o, s) in enumerate(zip(ours, theirs, strict=True)):
             assert abs(o - s) <= tol, (i, t, o, s, tol)
         moved += sum(abs(o) > 10 * tol for o in ours)
-    assert moved >= 3  # the mask changes the model where these prompts route (the check is not vacuous)
+        graded += sum(abs(a - b) > 10 * tol for a, b in zip(prompt_logprobs(ours_edited, ids),
+                                                            prompt_logprobs(masks_only, ids), strict=True))
+    # the edits change the model where these prompts route, and the scales on their own do too, so
+    # matching the served log-probs checks masks and scales (the check is not vacuous)
+    assert moved >= 3 and graded >= 3
 
 
 # ---- tensor parallelism, simulated: ranks as threads of one process -------------------------------
@@ -465,7 +417,8 @@ def test_tensor_parallel_expert_layers_match_monet_edit(decompose, tp, monkeypat
     assert hits is not None
     if tp > 1:  # the cross-rank path is exercised: some active edited pair straddles two ranks
         assert bool((hits.i // (8 // tp) != hits.j // (8 // tp)).any())
-    # monet_edit: masked forward (kernels.masked_pairs) plus the scales by linearity (see scaled_logits)
+    # monet_edit: masked forward (kernels.masked_pairs) plus the scales by linearity: a layer's output is
+    # linear in G_ij, so scaling the experts S_v by v adds (1 - v) * (out_masked(S_v) - out_full)
     full = layer0.moe(x, g1, g2, None)
     want = full + (layer0.moe(x, g1, g2, kernels.masked_pairs(g1, g2, mask | (scale == 0))) - full)
     for v in (2.5, 0.5):

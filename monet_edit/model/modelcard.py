@@ -172,7 +172,11 @@ def trained(record: dict) -> str:
         f"- AdamW lr {r['optim']['lr']} (warmup {r['optim']['warmup_steps']}, cosine to "
         f"{r['optim']['min_lr_ratio']}x), weight decay {r['optim']['weight_decay']}, clip {r['optim']['grad_clip']}, "
         f"auxiliary routing losses weight {r['optim']['aux_weight']}",
-        f"- wall time: {record['train_seconds'] / 60:.1f} min on {record['threads']} CPU threads",
+        f"- wall time: {record['train_seconds'] / 60:.1f} min on {record['threads']} CPU threads, compute in "
+        f"{r['optim'].get('precision', 'fp32')} (weights, optimizer state and router statistics fp32; "
+        "the shipped weights bf16)",
+        f"- data: each corpus's train split up to {r['data']['max_train_chars']:,} characters, corpus c "
+        f"sampled with probability ~ size_c ** {r['data']['mix_temperature']}",
         f"- corpora (fingerprints in training.json): {', '.join(sorted(record['corpora']))}",
         "- toxicity text is fortunes scored by a bag-of-words profanity classifier: weak labels",
         "",
