@@ -177,7 +177,8 @@ def trained(record: dict) -> str:
         "the shipped weights bf16)",
         f"- data: each corpus's train split up to {r['data']['max_train_chars']:,} characters, corpus c "
         f"sampled with probability ~ size_c ** {r['data']['mix_temperature']}",
-        f"- corpora (fingerprints in training.json): {', '.join(sorted(record['corpora']))}",
+        f"- corpora (fingerprints in training.json): {', '.join(sorted(record['corpora']))}; the out-of-source "
+        "evaluation sets (NAME@oos) are never trained on",
         "- toxicity text is fortunes scored by a bag-of-words profanity classifier: weak labels",
         "",
         "## Held-out loss per corpus (eval splits, nats/token)",
