@@ -37,6 +37,7 @@ def oos_home(request, tmp_path_factory) -> Path:
     shared = Path(request.config.cache.mkdir(f"monet-edit-embedded-{_embedded_key()}"))
     home = tmp_path_factory.mktemp("oos-home")
     with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MONET_EDIT_CORPORA", raising=False)  # corpora under each home, not the session's cache
         mp.setenv("MONET_EDIT_HOME", str(shared))
         oos_store.embedded_fingerprints()  # builds what is not cached yet
         (home / "corpora").mkdir()
@@ -52,6 +53,7 @@ def oos_home(request, tmp_path_factory) -> Path:
 @pytest.fixture
 def built(oos_home, monkeypatch) -> dict[str, corpora.OosSet]:
     monkeypatch.setenv("MONET_EDIT_HOME", str(oos_home))
+    monkeypatch.delenv("MONET_EDIT_CORPORA")  # conftest's shared cache: this home holds its own
     out = {s.name: oos_store.cached(s.name) for s in corpora.list_oos()}
     assert all(out.values()), [n for n, b in out.items() if b is None]
     return out
