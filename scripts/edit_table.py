@@ -34,6 +34,8 @@ GRID = [
       (("language", "de"), ("language", "python"), ("domain", "law"), ("toxicity", "toxicity"))],
     ("language", "python", "budget", {}), ("domain", "law", "budget", {}),
     *[(kind, name, "attribution", {}) for kind, name in (("language", "de"), ("language", "python"), ("domain", "law"))],
+    # tiny v2: skew between its two ratios for python and law
+    ("language", "python", "skew", {"ratio": 1.5}), ("domain", "law", "skew", {"ratio": 1.5}),
     # the bound: a diagnostic that looks at the out-of-source sets the rows above never see
     *[(kind, name, "oracle", {}) for kind, name in
       (("language", "de"), ("language", "python"), ("domain", "law"), ("toxicity", "toxicity"))],
