@@ -33,14 +33,13 @@ GRID = [
     *[(kind, name, "contrastive", {}) for kind, name in
       (("language", "de"), ("language", "python"), ("domain", "law"), ("toxicity", "toxicity"))],
     ("language", "python", "budget", {}), ("domain", "law", "budget", {}),
-    ("language", "de", "attribution", {}),
     # tiny v2: skew between its two ratios for python and law
     ("language", "python", "skew", {"ratio": 1.5}), ("domain", "law", "skew", {"ratio": 1.5}),
     # the bound: a diagnostic that looks at the out-of-source sets the rows above never see
     *[(kind, name, "oracle", {}) for kind, name in
       (("domain", "law"), ("toxicity", "toxicity"), ("language", "python"), ("language", "de"))],
     # slowest last (gradients over every reference's profile tokens)
-    *[(kind, name, "attribution", {}) for kind, name in (("language", "python"), ("domain", "law"))],
+    *[(kind, name, "attribution", {}) for kind, name in (("language", "de"), ("language", "python"), ("domain", "law"))],
 ]
 PROFILE = {"tokens": 50_000, "seq_len": 128, "batch_size": 8}
 EVAL = {"tokens": 5_000, "seq_len": 128, "batch_size": 8, "seed": 0}
