@@ -283,10 +283,10 @@ def previous_model(out_dir: Path, data: TrainData, seq_len: int, eval_tokens: in
 
     from ..model.loading import load_model
 
-    record_path = out_dir / "training.json"
-    if not record_path.is_file():
+    try:  # a missing or unreadable record is no reason to lose the run that replaces it
+        old = json.loads((out_dir / "training.json").read_text())
+    except (OSError, ValueError):
         return None
-    old = json.loads(record_path.read_text())
     same = (Tokenizer.from_file(str(out_dir / "tokenizer.json")).get_vocab()
             == Tokenizer.from_file(str(data.tokenizer_path)).get_vocab())
     summary = {k: old.get(k) for k in ("steps", "tokens", "train_seconds", "threads", "parameters")}
