@@ -45,7 +45,31 @@ def build(fields: dict, decompose: str, seed: int = 0, device: str = "cpu", dtyp
         model.model(ids)
     for router in model.model.routers():
         router.norm1.momentum = router.norm2.momentum = 0.1
+    if device == "cpu":  # as load_model stores them
+        model.expert_major_()
     return model.eval()
+
+
+def published_layout(model: MonetForCausalLM) -> MonetForCausalLM:
+    """A copy of `model` with its weights in the published row-major layout (undoing
+    expert_major_), for the baseline to run on what the published implementation would load."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    for p in ref.parameters():
+        p.data = p.data.contiguous()
+    return ref
+
+
+def bf16_copy(model: MonetForCausalLM) -> MonetForCausalLM:
+    """A bf16 copy of `model` as load_model makes one (BatchNorm routing statistics stay fp32)."""
+    import copy
+
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    for router in low.model.routers():
+        router.norm1.float()
+        router.norm2.float()
+    return low
 
 
 def random_masks(model: MonetForCausalLM, fraction: float, seed: int = 0) -> dict[int, torch.Tensor]:

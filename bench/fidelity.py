@@ -22,7 +22,7 @@ def run(module, configs: dict[str, dict], thread_counts: tuple[int, ...], repeat
 
 
 def _case(module, label, fields, decompose, thread_counts, repeats, batch, seq) -> Iterator[dict]:
-    model = common.build(fields, decompose)
+    model = common.published_layout(common.build(fields, decompose))
     ids = common.token_ids(model, batch, seq)
     published = upstream.forward_fn(module, model)
     fns = {"published": lambda: published(ids), "reimplementation": lambda: baseline.forward(model, ids)}

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from monet_edit.kernels import routed
+from monet_edit.model import precision
 
 from . import baseline, common
 
@@ -52,7 +53,8 @@ def _case(label, fields, decompose, thread_counts, repeats, peaks, batch, seq, b
     cfg = model.config
     tag = f"{common.TAGS[decompose]} {label}"
     ids = common.token_ids(model, batch, seq)
-    base = baseline_for(model) if baseline_for else (lambda ids: baseline.forward(model, ids))
+    ref = None if baseline_for else common.published_layout(model)
+    base = baseline_for(model) if baseline_for else (lambda ids: baseline.forward(ref, ids))
     masks = {f: common.random_masks(model, f, seed=int(f * 100)) for f in MASKED}
     fns = {
         "baseline": lambda: base(ids),
@@ -61,6 +63,11 @@ def _case(label, fields, decompose, thread_counts, repeats, peaks, batch, seq, b
         **{f"masked {f:.0%}": (lambda m=m: common.with_masks(model, m, lambda: model(ids).logits))
            for f, m in masks.items()},
     }
+    low = precision.native_bf16() and baseline_for is None  # bf16 is load_model's CPU default here
+    if low:
+        ours16, ref16 = common.bf16_copy(model), common.bf16_copy(ref)
+        fns["ours bf16"] = lambda: ours16(ids).logits
+        fns["baseline bf16"] = lambda: baseline.forward(ref16, ids)
     with torch.no_grad():
         diff = check_same_logits(fns["ours"](), fns["baseline"](), tag)
         share = routed_share(model, ids)
@@ -77,7 +84,7 @@ def _case(label, fields, decompose, thread_counts, repeats, peaks, batch, seq, b
         yield common.record(
             "forward", f"{tag} forward, {count} thread(s): ours vs baseline", t["baseline"] / t["ours"],
             "speed-up (tokens/s ours / tokens/s baseline)", target, config=label, decompose=decompose,
-            threads=count, tokens=tokens, tokens_per_s={k: round(v, 1) for k, v in speed.items()},
+            threads=count, tokens=tokens, tokens_per_s={k: round(v, 1) for k, v in speed.items() if "bf16" not in k},
             dense_path_speedup=round(t["baseline"] / t["ours dense"], 3), active_per_head=round(active, 2),
             routed_share=round(share, 4), max_logit_diff=diff,
             gflops=dict(ours_executed=round(executed / t["ours"] / 1e9, 1),
@@ -85,6 +92,12 @@ def _case(label, fields, decompose, thread_counts, repeats, peaks, batch, seq, b
                         baseline=round(dense_flops / t["baseline"] / 1e9, 1), gemm_peak=round(peak / 1e9, 1)),
             peak_fraction=dict(ours=round(executed / t["ours"] / peak, 3),
                                baseline=round(dense_flops / t["baseline"] / peak, 3)))
+        if low:
+            yield common.record(
+                "forward", f"{tag} forward, {count} thread(s): ours in bf16 (the CPU default here) vs baseline fp32",
+                t["baseline"] / t["ours bf16"], "speed-up (tokens/s)", None, config=label, decompose=decompose,
+                threads=count, vs_baseline_bf16=round(t["baseline bf16"] / t["ours bf16"], 3),
+                tokens_per_s={k: round(tokens / t[k], 1) for k in ("baseline", "baseline bf16", "ours bf16")})
         for f in MASKED:
             yield common.record(
                 "masked", f"{tag} masked {f:.0%} vs unmasked, {count} thread(s)", t[f"masked {f:.0%}"] / t["ours"],

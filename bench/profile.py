@@ -35,11 +35,12 @@ def _case(label, fields, decompose, thread_counts, repeats, batch, seq, baseline
     model = common.build(fields, decompose)
     ids = common.token_ids(model, batch, seq, seed=3)
     published = baseline_for(model) if baseline_for else None
+    ref = None if published else common.published_layout(model)
 
     def forward(ids, routing):
         if published is not None:
             return published(ids, routing=routing)
-        return baseline.forward(model, ids, routing=routing)
+        return baseline.forward(ref, ids, routing=routing)
 
     fns = {"baseline": lambda: baseline_profile(forward, ids),
            "ours": lambda: profiling.profile_rows(model, ids, batch_size=batch)}

@@ -1,11 +1,12 @@
 """Every selection rule on every headline target of a model, in-source and out-of-source, with intervals.
 
-    .venv/bin/python scripts/edit_table.py [--model tiny] [--out runs/edit-table.jsonl]
+    .venv/bin/python scripts/edit_table.py [--model tiny] [--out runs/edit-table.jsonl] [--row TARGET:RULE[:PARAM=VALUE]]...
 
 Each row selects with one rule (its default parameters unless the grid below says otherwise), then
 evaluates base vs edited exactly as `monet-edit eval` does (same suites, seeds and intervals). One
 JSON line per row is appended to --out as soon as it is measured (an interrupted run keeps its
 rows and skips them when run again); the Markdown table for the README is printed at the end.
+--row (repeatable) measures and prints only the grid rows it names: `python:skew:ratio=1.5`, `law:oracle`.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def measure(model: str, row: tuple) -> dict:
             "fraction": sum(sel.counts(base.config)) / total, "summary": results["summary"]}
 
 
+def matches(row: tuple, spec: str) -> bool:
+    """Whether a grid row is the one `TARGET:RULE[:PARAM=VALUE]` names (unnamed parameters match any)."""
+    name, rule, *params = spec.split(":")
+    wanted = dict(p.split("=", 1) for p in params if "=" in p)
+    return (row[1], row[2]) == (name, rule) and all(same(row[3].get(k), v) for k, v in wanted.items())
+
+
+def same(value: object, text: str) -> bool:
+    try:
+        return value == float(text)
+    except ValueError:
+        return str(value) == text
+
+
 def cell(summary: dict, name: str, percent: bool) -> str:
     value = summary.get(name)
     if value is None:
@@ -94,13 +109,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", default="runs/edit-table.jsonl")
+    parser.add_argument("--row", action="append", default=[], metavar="TARGET:RULE[:PARAM=VALUE]",
+                        help="only the grid rows this names (repeatable; default: the whole grid)")
     args = parser.parse_args()
+    grid = [row for row in GRID if not args.row or any(matches(row, spec) for spec in args.row)]
+    if not grid:
+        parser.error(f"no row of the grid matches {', '.join(args.row)}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if out.exists():
         done = {r["key"]: r for r in map(json.loads, out.read_text().splitlines()) if r}
-    for row in GRID:
+    for row in grid:
         if key(row) in done:
             continue
         print(f"measuring {row[1]} {row[2]} {row[3]}", file=sys.stderr, flush=True)
@@ -108,7 +128,7 @@ def main() -> int:
         done[result["key"]] = result
         with out.open("a") as f:
             f.write(json.dumps(result) + "\n")
-    print(table([done[key(row)] for row in GRID]))
+    print(table([done[key(row)] for row in grid]))
     return 0
 
 

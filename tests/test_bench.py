@@ -24,6 +24,7 @@ from bench import (
 )
 from bench import upstream as upstream_mod
 from monet_edit.errors import UsageError
+from monet_edit.model import precision as model_precision
 from monet_edit.model.config import MonetConfig
 from monet_edit.model.monet import MonetForCausalLM
 
@@ -38,9 +39,15 @@ def _well_formed(lines, figure):
 
 def test_forward_and_masked_figures():
     lines = list(forward.run(QUICK, (1,), repeats=1, peaks={1: 1e10}, batch=1, seq=16))
-    fwd = _well_formed([x for x in lines if x["figure"] == "forward"], "forward")
+    fwd = _well_formed([x for x in lines if x["figure"] == "forward" and "bf16" not in x["name"]], "forward")
+    low = [x for x in lines if x["figure"] == "forward" and "bf16" in x["name"]]
     masked = _well_formed([x for x in lines if x["figure"] == "masked"], "masked")
     assert len(fwd) == 2 and len(masked) == 4  # HD, VD; 2% and 15% each
+    # where bf16 is native (load_model's CPU default there), both sides are also timed in bf16
+    assert len(low) == (2 if model_precision.native_bf16() else 0)
+    for line in low:
+        assert line["ratio"] > 0 and line["vs_baseline_bf16"] > 0 and line["target"] is None
+        assert set(line["tokens_per_s"]) == {"baseline", "baseline bf16", "ours bf16"}
     for line in fwd:
         assert set(line["tokens_per_s"]) == {"baseline", "ours", "ours dense", "masked 2%", "masked 15%"}
         assert 0 < line["routed_share"] <= 1 and line["max_logit_diff"] < 1e-3

@@ -310,3 +310,28 @@ def test_bad_input_under_bare_torchrun_is_reported_once(tiny_ckpt):
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "astrology" in errors[0], proc.stderr
+
+
+def test_a_gate_failure_on_rank_0_is_exit_3_even_when_the_launcher_stops_the_others():
+    """Rank 0 exits 3 after its verdict; a rank still running is then stopped by the launcher with
+    a signal. That is a failed gate (3), not a crash; a rank that died first, or failed on its own, is."""
+    import signal
+    from types import SimpleNamespace
+
+    from monet_edit.errors import MonetEditError
+    from monet_edit.infra.distributed import _report_failure
+
+    def failed(**ranks):
+        failures = {int(r[1:]): SimpleNamespace(exitcode=code, timestamp=at, local_rank=int(r[1:]))
+                    for r, (code, at) in ranks.items()}
+        first = min(failures.items(), key=lambda kv: kv[1].timestamp)
+        return SimpleNamespace(failures=failures, get_first_failure=lambda: first)
+
+    term = -int(signal.SIGTERM)
+    assert _report_failure(failed(r0=(3, 100))) == 3
+    assert _report_failure(failed(r0=(3, 100), r1=(term, 101))) == 3
+    assert _report_failure(failed(r0=(3, 100), r1=(3, 100))) == 3
+    with pytest.raises(MonetEditError, match="rank 1 was killed by SIGKILL"):
+        _report_failure(failed(r0=(3, 100), r1=(-int(signal.SIGKILL), 99)))  # died before rank 0's verdict
+    with pytest.raises(MonetEditError, match="rank 1 exited with code 1"):
+        _report_failure(failed(r0=(3, 101), r1=(1, 100)))

@@ -118,6 +118,36 @@ def test_model_on_the_routed_path_matches_naive(decompose, changes, monkeypatch)
         assert (ref - naive_logits(sd, cfg.to_dict(), ids[0].tolist())).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("decompose", DECOMPOSITIONS)
+def test_expert_major_storage_keeps_every_value_and_is_read_in_place(decompose, monkeypatch):
+    """expert_major_ (what load_model does on CPU) changes the output projections' memory layout
+    only: same state_dict, same logits on both paths, and the routed path reads the weight as a view."""
+    cfg = tiny_config(decompose, moe_experts=12, moe_topk=3)
+    model = random_model(cfg, seed=7)
+    ids = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+
+    def logits():
+        out = {}
+        for path in ("routed", "dense"):
+            monkeypatch.setenv("MONET_EDIT_KERNELS", f"torch,{path}")
+            with torch.no_grad():
+                out[path] = model(ids).logits
+        return out
+
+    before, state = logits(), {k: v.clone() for k, v in model.state_dict().items()}
+    moe = model.model.layers[0].moe
+    weight = lambda: moe.v.weight if decompose == "horizontal" else moe.v21.weight  # noqa: E731
+    assert routed.expert_major(weight(), 12).data_ptr() != weight().data_ptr()  # published layout: a copy
+    model.expert_major_()
+    assert not weight().is_contiguous() and weight().t().is_contiguous()
+    assert routed.expert_major(weight(), 12).data_ptr() == weight().data_ptr()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    after = logits()
+    for path in before:
+        scale = float(before[path].abs().max())
+        torch.testing.assert_close(after[path], before[path], rtol=0, atol=FP32_ROUNDING * scale)
+
+
 # ---- scales --------------------------------------------------------------------------------
 
 def test_a_mask_is_the_scale_zero():
@@ -126,7 +156,7 @@ def test_a_mask_is_the_scale_zero():
     mask = torch.rand(E, E, generator=torch.Generator().manual_seed(0)) < 0.3
     by_mask = reference.masked_pairs(g1, g2, mask)
     by_scale = reference.masked_pairs(g1, g2, scale=torch.where(mask, 0.0, 1.0))
-    for a, b in zip(by_mask, by_scale, strict=True):
+    for a, b in zip((*by_mask.changes, *by_mask.padded), (*by_scale.changes, *by_scale.padded), strict=True):
         assert torch.equal(a, b)
     assert reference.masked_pairs(g1, g2, scale=torch.ones(E, E)) is None
     assert reference.masked_pairs(g1, g2) is None
@@ -136,6 +166,18 @@ def test_a_mask_is_the_scale_zero():
     one1, one2 = (torch.nn.functional.one_hot(i, E).float() for i in (both.idx1, both.idx2))
     removed = torch.einsum("nhab,nhai,nhbj->nij", both.weight, one1, one2)
     torch.testing.assert_close(removed, G * torch.where(mask, 1.0, 0.5))
+    # the compact list (what the torch paths correct) removes the same, pair by pair
+    n, i, j, w = both.changes
+    listed = torch.zeros(N, E, E).index_put_((n, i, j), w, accumulate=True)
+    torch.testing.assert_close(listed, removed)
+    assert bool((w != 0).all()) and n.numel() < both.weight.numel()  # only the changed pairs, no padding
+    # both forms give the same corrections to a restricted layer and to a prefix of the tokens
+    pos = torch.randperm(E, generator=torch.Generator().manual_seed(4))
+    padded = reference.MaskedPairs.from_padded(*both.padded)
+    for a, b in ((both.remap(pos, pos.flip(0)), padded.remap(pos, pos.flip(0))), (both.head(5), padded.head(5))):
+        rows = [torch.zeros(N * E * E).index_add_(0, (r1 // E) * E * E + (r1 % E) * E + r2 % E, wt)
+                for r1, r2, wt in (reference.hits(a, E, E), reference.hits(b, E, E))]
+        torch.testing.assert_close(rows[0], rows[1])
 
 
 def test_scales_on_the_dense_path_match_naive_and_validate():

@@ -299,3 +299,60 @@ def test_expert_gradients_match_autograd_through_the_naive_expansion(decompose):
     # fp32 model vs float64 reference: the error scales with the gradient's own size
     tol = 1e-4 * float(ref.abs().max())
     torch.testing.assert_close(ours, ref, rtol=0, atol=tol)
+
+
+def test_contrastive_masks_the_experts_the_target_activates_more_often():
+    from monet_edit.selection.rules import Context
+    from monet_edit.selection.rules.contrastive import RULE
+
+    E = 4
+    rate_t, rate_r = torch.zeros(1, E, E), torch.zeros(1, E, E)
+    rate_t[0, 0, 1], rate_t[0, 2, 2], rate_t[0, 3, 3] = 3.0, 1.0, 0.5
+    rate_r[0, 2, 2], rate_r[0, 3, 3] = 0.2, 0.9  # (3, 3): used more by the references
+    target, ref = prof(rate_t.tolist()), prof(rate_r.tolist())
+    target.activation_rate = lambda: rate_t  # heads per token, as profiles count them
+    ref.activation_rate = lambda: rate_r
+    chosen = RULE.select(Context(target, [ref], None), max_masked=2 / 16).masks
+    assert chosen[0].nonzero().tolist() == [[0, 1], [2, 2]]  # the two largest positive differences
+    assert RULE.select(Context(target, [ref], None), max_masked=1 / 16).masks[0].nonzero().tolist() == [[0, 1]]
+
+
+def test_oracle_is_at_least_as_selective_as_every_candidate_and_reproducible():
+    """The oracle measures attribution-ranked masks and the profile rules' masks on the sets it is
+    given (here: held-out code vs prose) and keeps the most selective one that raises the target's
+    loss enough; its recorded numbers are those of the mask it returns."""
+    from monet_edit.model import scoring
+    from monet_edit.selection.rules import Context, oracle
+
+    model = load_model("tiny")  # the packaged model: its experts specialise, a random one's barely do
+    tok = load_tokenizer("tiny")
+    code = [{"text": f"def f{i}(x):\n    return x * {i} + len(str(x))\n"} for i in range(80)]
+    prose = [{"text": f"Der Hund {i} ist gross. The law of the land {i} is old."} for i in range(80)]
+    meta = {"model_fingerprint": "m", "corpus_fingerprint": "c"}
+    target = profiling.profile_corpus(model, tok, code[:40], tokens=4000, seq_len=32, meta=meta)
+    other = profiling.profile_corpus(model, tok, prose[:40], tokens=4000, seq_len=32, meta=meta)
+    rows = lambda docs: scoring.rows(scoring.token_stream(tok, docs, 3000), 32)  # noqa: E731
+    t_rows, r_rows = rows(code[40:]), rows(prose[40:])
+    ctx = Context(target, [other], checkpoint.of("tiny"), seq_len=32, model=model,
+                  memo={"oracle-sets": ("code", t_rows, r_rows)})
+    choice = oracle.RULE.select(ctx, min_rise=0.01, max_masked=0.02)
+    assert model.masks() == {}  # the search leaves the model as it found it
+    trials = choice.params["trials"]
+    labels = {t["candidate"] for t in trials}
+    assert {"attribution ranking", "contrastive 0.5%"} <= labels
+    offered = [label for label, _ in oracle._candidates(ctx, torch.arange(2 * 128 * 128), 4, (2, 128, 128))]
+    assert [x for x in offered if x.startswith("skew")] == [f"skew ratio {r:g}" for r in oracle.SKEW_RATIOS]
+    sizes = [t["experts"] for t in trials if t["candidate"] == "attribution ranking"]
+    assert sizes[:5] == [1, 2, 3, 4, 6]  # steps of sqrt(2)
+    budget = 0.02 * sum(int(m.numel()) for m in choice.masks.values())
+    assert all(0 < t["experts"] <= budget for t in trials)
+    reached = [t for t in trials if t["target_rise"] >= 0.01]
+    assert reached  # masking code experts does raise code loss by 1% on this model
+    best = max(t["selectivity"] for t in reached)
+    picked = [t for t in reached if t["selectivity"] == best][0]
+    assert choice.params["candidate"] == picked["candidate"]
+    n = sum(int(m.sum()) for m in choice.masks.values())
+    assert n == picked["experts"]
+    base = scoring.loss_sums(model, t_rows).loss
+    masked = load_model("tiny", mask=choice.masks)
+    assert (scoring.loss_sums(masked, t_rows).loss - base) / base == pytest.approx(picked["target_rise"], rel=1e-6)

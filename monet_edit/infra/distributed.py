@@ -225,8 +225,13 @@ def _report_failure(exc) -> int:
     import signal
 
     first = exc.get_first_failure()[1]
-    if {f.exitcode for f in exc.failures.values()} == {3}:
-        return 3  # only rank 0 fails a gate, after writing its results and printing the verdict
+    zero = exc.failures.get(0)
+    if zero is not None and zero.exitcode == 3 and all(
+            f.exitcode == 3 or (f.exitcode < 0 and f.timestamp >= zero.timestamp)
+            for rank, f in exc.failures.items() if rank != 0):
+        # only rank 0 fails a gate, after writing its results and printing the verdict; a rank still
+        # running then is stopped by the launcher (a signal), which is not a failure of its own
+        return 3
     if first.exitcode < 0:
         try:
             name = signal.Signals(-first.exitcode).name

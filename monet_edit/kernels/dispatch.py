@@ -166,7 +166,7 @@ def _pick(name: str, key: tuple, fast: Callable, ref: Callable, probe: Callable[
 
 
 def _head(pairs: reference.MaskedPairs | None, n: int) -> reference.MaskedPairs | None:
-    return None if pairs is None else reference.MaskedPairs(*(t[:n] for t in pairs))
+    return None if pairs is None else pairs.head(n)
 
 
 def _prefix(s: routed.Side, n: int) -> routed.Side:

@@ -15,9 +15,6 @@ routing group, whether this path beats the dense one.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -131,50 +128,10 @@ def active_counts(g1: torch.Tensor, g2: torch.Tensor) -> tuple[int, int]:
 
 # ---- grouped GEMMs (pure torch) ---------------------------------------------------------
 #
-# The per-sub-expert GEMMs are small: run as intra-op parallel ops, every one of them forks and
-# joins the thread team, which on a busy machine (a descheduled thread holds the join for a whole
-# time slice) made the loop ten times slower on 2 threads than on one. Instead the sub-experts are
-# split into one contiguous share per thread (balanced by pairs), each share runs single-threaded
-# ops in its own worker (torch releases the GIL inside ops), and the shares' results are combined.
-
-_POOL: dict[int, ThreadPoolExecutor] = {}
-_POOL_LOCK = threading.Lock()
-
-
-def _shares(counts: list[int], parts: int) -> list[tuple[int, int, int]]:
-    """(first sub-expert, end sub-expert, first pair) of `parts` contiguous shares of about equal pairs."""
-    total = sum(counts)
-    shares, first, start, seen = [], 0, 0, 0
-    for e, count in enumerate(counts):
-        seen += count
-        if len(shares) < parts - 1 and seen * parts >= total * (len(shares) + 1):
-            shares.append((first, e + 1, start))
-            first, start = e + 1, seen
-    shares.append((first, len(counts), start))
-    return [share for share in shares if share[0] < share[1]]
-
-
-def _parallel(counts: list[int], job: Callable[[int, int, int], torch.Tensor]) -> list[torch.Tensor]:
-    """job(first, end, first pair) over shares of the sub-experts, one per torch thread."""
-    threads = torch.get_num_threads()
-    shares = _shares(counts, threads)
-    if len(shares) <= 1:
-        return [job(*share) for share in shares]
-
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-    def serial(share):  # grad and inference modes are per thread: the caller's apply
-        torch.set_num_threads(1)  # this worker's own thread team
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return job(*share)
-
-    with _POOL_LOCK:
-        pool = _POOL.get(len(shares)) or _POOL.setdefault(len(shares), ThreadPoolExecutor(len(shares)))
-    torch.set_num_threads(1)
-    try:
-        return list(pool.map(serial, shares))
-    finally:
-        torch.set_num_threads(threads)
+# One small GEMM per sub-expert, in the caller's thread with torch's intra-op threads. (Running
+# contiguous shares of the sub-experts in worker threads, one torch thread each, was tried: on
+# the 2-core AVX-512 machine it made the up side 2.3x slower on 2 threads than this loop, and it
+# changed torch's process-wide thread count around every call.)
 
 def up(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s: Side) -> torch.Tensor:
     """relu2(U_e x_n + c_e) for every pair (n, e) of `s`: [P, width]. weight: [E*width, d]
@@ -183,17 +140,23 @@ def up(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s: Side) -> to
     width = weight.shape[0] // experts
     w, b = weight.view(experts, width, -1), bias.view(experts, width)
     out = x.new_empty(s.tok.numel(), width)
-
-    def share(first: int, end: int, start: int) -> torch.Tensor:
-        for e in range(first, end):
-            if s.counts[e]:
-                stop = start + s.counts[e]
-                torch.addmm(b[e], x.index_select(0, s.tok[start:stop]), w[e].T, out=out[start:stop])
-                start = stop
-        return out
-
-    _parallel(s.counts, share)
+    start = 0
+    for e, count in enumerate(s.counts):
+        if count:
+            stop = start + count
+            torch.addmm(b[e], x.index_select(0, s.tok[start:stop]), w[e].T, out=out[start:stop])
+            start = stop
     return out.relu_().square_()
+
+
+def expert_major(weight: torch.Tensor, experts: int) -> torch.Tensor:
+    """An output projection's weight [d_out, E*width] as [E, width, d_out] (sub-expert e's rows).
+
+    A view when the weight is stored expert-major (MonetForCausalLM.expert_major_), else one copy:
+    in the published row-major layout a sub-expert's columns are `width` values every E*width, a
+    stride that maps them onto a few cache sets, and reading them in place cost more than a copy."""
+    t = weight.t()
+    return (t if t.is_contiguous() else t.contiguous()).view(experts, -1, weight.shape[0])
 
 
 def down(terms: list[tuple[torch.Tensor, torch.Tensor]], brow: torch.Tensor, bweight: torch.Tensor,
@@ -201,30 +164,25 @@ def down(terms: list[tuple[torch.Tensor, torch.Tensor]], brow: torch.Tensor, bwe
     """y[n] = sum over the pairs (n, e) of `s` of sum_t W_t[:, e] slots_t[p] + bweight[p] brow[e].
 
     terms: (slots [P, width], W [d_out, E*width]) pairs, summed; brow: [E, d_out]; bweight: [P].
-    Returns [tokens, d_out]. The weights are first copied expert-major and stacked along the
-    reduction ([E, terms*width, d_out], one pass over them): a sub-expert's columns of a row-major
-    W are `width` values every E*width, a stride that maps them onto a few cache sets, and reading
-    them in place cost more than the copy; stacking the terms makes one GEMM per sub-expert."""
+    Returns [tokens, d_out]. Per sub-expert, its pairs' rows are formed in cache (a GEMM per term
+    and the bias as a rank-1 update: 1/width of the GEMM's work, where one N x E x d_out bias GEMM
+    cost half of the routed down projection at the 1.4B shape) and scatter-added once."""
     experts = len(s.counts)
-    d_out = terms[0][1].shape[0]
-    weight = torch.cat([w.view(d_out, experts, -1).permute(1, 2, 0) for _, w in terms], dim=1).contiguous()
-    slots = torch.cat([t for t, _ in terms], dim=1) if len(terms) > 1 else terms[0][0]
-
-    def share(first: int, end: int, start: int) -> torch.Tensor:
-        y = slots.new_zeros(tokens, d_out)
-        for e in range(first, end):
-            if s.counts[e]:
-                stop = start + s.counts[e]
-                y.index_add_(0, s.tok[start:stop], torch.mm(slots[start:stop], weight[e]))
-                start = stop
-        return y
-
-    y, *others = _parallel(s.counts, share) or [slots.new_zeros(tokens, d_out)]
-    for part in others:
-        y += part
-    # the bias rows in one GEMM (N x E x d_out, 1/width of a dense projection) instead of E rank-1 updates
-    rows = y.new_zeros(tokens, experts).index_put_((s.tok, s.expert), bweight.to(y.dtype))
-    return y.addmm_(rows, brow.to(y.dtype))
+    weights = [(slots, expert_major(w, experts)) for slots, w in terms]
+    brow, bweight = brow.to(terms[0][0].dtype), bweight.to(terms[0][0].dtype)
+    y = terms[0][0].new_zeros(tokens, brow.shape[1])
+    start = 0
+    for e, count in enumerate(s.counts):
+        if count:
+            stop = start + count
+            (first, w0), *rest = weights
+            rows = torch.mm(first[start:stop], w0[e])
+            for slots, w in rest:
+                rows.addmm_(slots[start:stop], w[e])
+            rows.addr_(bweight[start:stop], brow[e])
+            y.index_add_(0, s.tok[start:stop], rows)
+            start = stop
+    return y
 
 
 # ---- the expert layers ------------------------------------------------------------------

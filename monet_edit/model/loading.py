@@ -79,6 +79,8 @@ def load_model(source: str | Path | checkpoint.Checkpoint, *, dtype: Any = None,
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
     model.to(dev)
+    if dev.type == "cpu":  # the routed CPU path reads the output projections per sub-expert
+        model.expert_major_()
     model.set_masks(masks_mod.combine(ckpt.stored_masks, extra))
     model.set_scales(ckpt.stored_scales)
     model.checkpoint = ckpt

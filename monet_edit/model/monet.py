@@ -273,6 +273,18 @@ class MonetForCausalLM(nn.Module):
         return MonetOutput(self.lm_head(h), cache, routing)
 
     # ---- masks ---------------------------------------------------------------------------
+    def expert_major_(self) -> MonetForCausalLM:
+        """Store every expert output projection expert-major: the [d, E*m] weight becomes a transposed
+        view of a contiguous [E*m, d] tensor (same values, same memory). The routed path then reads
+        each sub-expert's rows in place instead of copying the whole weight per call
+        (kernels.routed.expert_major), and the dense path's GEMM reads it transposed at no cost."""
+        for layer in self.model.layers:
+            for name in ("v",) if isinstance(layer.moe, MonetHDExperts) else ("v11", "v12", "v21", "v22"):
+                weight = getattr(layer.moe, name).weight
+                if weight.device.type != "meta" and not weight.t().is_contiguous():
+                    weight.data = weight.data.t().contiguous().t()
+        return self
+
     def set_masks(self, masks: dict[int, torch.Tensor] | None) -> None:
         """Install per-group expert masks ({group: bool [E, E]}, True = masked); None clears all."""
         routers = self.model.routers()

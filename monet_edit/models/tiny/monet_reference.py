@@ -15,6 +15,7 @@ projection. A mask is the scale a = 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -42,18 +43,50 @@ def route(z: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor
     return torch.softmax(z.masked_fill(normed < thresh, -math.inf), dim=-1)
 
 
-class MaskedPairs(NamedTuple):
-    """The share of the active expert pairs of each token and head that masks and scales remove.
+class MaskedPairs:
+    """The active (token, head, i, j) expert pairs that masks and scales change, each with the
+    share of its weight they remove: (1 - a_ij) g1[n, h, i] g2[n, h, j], a_ij the expert's scale
+    (0 where masked).
 
-    idx1: [N, H, K1] g1-side sub-expert ids; idx2: [N, H, K2] g2-side ids;
-    weight: [N, H, K1, K2] = (1 - a_ij) * g1[h, idx1] * g2[h, idx2] for (i, j) = (idx1, idx2),
-    a_ij the expert's scale (0 where masked), so 0 for every expert left unchanged. Summing weight
-    over heads gives (1 - a_ij) G_ij of each changed active expert.
-    """
+    Two forms, the second made only when asked for: `changes` lists the changed pairs alone
+    (token, i, j, weight: what the torch paths correct); the padded form (idx1 [N, H, K1], idx2
+    [N, H, K2], weight [N, H, K1, K2], every active pair of each token and head, K the widest
+    row) is what the Triton mixing kernel reads."""
 
-    idx1: torch.Tensor
-    idx2: torch.Tensor
-    weight: torch.Tensor
+    def __init__(self, changes: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 padded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 make_padded: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> None:
+        self.changes, self._padded, self._make_padded = changes, padded, make_padded
+
+    @classmethod
+    def from_padded(cls, idx1: torch.Tensor, idx2: torch.Tensor, weight: torch.Tensor) -> MaskedPairs:
+        return cls(padded=(idx1, idx2, weight))
+
+    @property
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._padded is None:
+            self._padded = self._make_padded()
+        return self._padded
+
+    idx1 = property(lambda self: self.padded[0])
+    idx2 = property(lambda self: self.padded[1])
+    weight = property(lambda self: self.padded[2])
+
+    def remap(self, pos1: torch.Tensor, pos2: torch.Tensor) -> MaskedPairs:
+        """The same pairs with sub-expert ids i -> pos1[i], j -> pos2[j] (a restricted layer)."""
+        padded = lambda: (pos1[self.idx1], pos2[self.idx2], self.weight)  # noqa: E731
+        if self.changes is not None:
+            n, i, j, w = self.changes
+            return MaskedPairs(changes=(n, pos1[i], pos2[j], w), make_padded=padded)
+        return MaskedPairs.from_padded(*padded())
+
+    def head(self, tokens: int) -> MaskedPairs:
+        """The pairs of the first `tokens` tokens."""
+        padded = lambda: tuple(t[:tokens] for t in self.padded)  # noqa: E731
+        if self.changes is not None:
+            keep = (self.changes[0] < tokens).nonzero().squeeze(1)
+            return MaskedPairs(changes=tuple(t.index_select(0, keep) for t in self.changes), make_padded=padded)
+        return MaskedPairs.from_padded(*padded())
 
 
 def _active(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +104,41 @@ def pair_cut(mask: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Ten
     return cut
 
 
+def _padded(g1: torch.Tensor, g2: torch.Tensor, cut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    v1, i1 = _active(g1)
+    v2, i2 = _active(g2)
+    E = cut.shape[1]
+    flat = (i1.unsqueeze(-1) * E + i2.unsqueeze(-2)).reshape(-1)
+    share = cut.reshape(-1).index_select(0, flat).view(*i1.shape, i2.shape[-1])
+    return i1, i2, share.mul_(v1.unsqueeze(-1) * v2.unsqueeze(-2))
+
+
+def _changes(g1: torch.Tensor, g2: torch.Tensor, cut: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(token, i, j, weight) of every active pair with a non-zero cut. Enumerated per token and
+    head from the non-zero routing weights (about k1*k2 candidates each) instead of padding every
+    row to the widest one, which made masked inference several times costlier."""
+    N, H, E1 = g1.shape
+    E2 = g2.shape[-1]
+    dev = g1.device
+    row1, i = (g1 > 0).view(N * H, E1).nonzero(as_tuple=True)  # row = n*H + h, ascending
+    row2, j = (g2 > 0).view(N * H, E2).nonzero(as_tuple=True)
+    count2 = torch.bincount(row2, minlength=N * H)
+    start2 = count2.cumsum(0) - count2
+    repeat = count2.index_select(0, row1)                    # candidates of each side-1 entry
+    a = torch.repeat_interleave(torch.arange(row1.numel(), device=dev), repeat)
+    offset = torch.arange(a.numel(), device=dev) - torch.repeat_interleave(repeat.cumsum(0) - repeat, repeat)
+    b = start2.index_select(0, row1.index_select(0, a)) + offset
+    ii, jj = i.index_select(0, a), j.index_select(0, b)
+    share = cut.reshape(-1).index_select(0, ii * E2 + jj)
+    keep = share.nonzero().squeeze(1)
+    rows = row1.index_select(0, a.index_select(0, keep))
+    ii, jj = ii.index_select(0, keep), jj.index_select(0, keep)
+    w = (share.index_select(0, keep) * g1.reshape(-1).index_select(0, rows * E1 + ii)
+         * g2.reshape(-1).index_select(0, rows * E2 + jj))
+    return rows.div(H, rounding_mode="floor"), ii, jj, w
+
+
 def masked_pairs(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None) -> MaskedPairs | None:
     """Active (token, head, i, j) pairs that a mask (bool [E, E], True = masked) or a scale (float
@@ -78,15 +146,10 @@ def masked_pairs(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor | None =
     cut = pair_cut(mask, scale)
     if cut is None:
         return None
-    v1, i1 = _active(g1)
-    v2, i2 = _active(g2)
-    E = cut.shape[1]
-    flat = (i1.unsqueeze(-1) * E + i2.unsqueeze(-2)).reshape(-1)
-    share = cut.reshape(-1).index_select(0, flat).view(*i1.shape, i2.shape[-1])
-    weight = share.mul_(v1.unsqueeze(-1) * v2.unsqueeze(-2))
-    if not bool(weight.any()):
+    changes = _changes(g1, g2, cut.to(g1.device))
+    if changes[0].numel() == 0:
         return None
-    return MaskedPairs(i1, i2, weight)
+    return MaskedPairs(changes=changes, make_padded=lambda: _padded(g1, g2, cut.to(g1.device)))
 
 
 def hits(pairs: MaskedPairs, experts1: int, experts2: int
@@ -96,14 +159,18 @@ def hits(pairs: MaskedPairs, experts1: int, experts2: int
     Only the pairs that a mask or scale changes carry a non-zero weight, a few percent of the
     active ones, so the correction touches those rows alone instead of every active (token, head, i, j).
     """
-    N, H, K1, K2 = pairs.weight.shape
-    flat = pairs.weight.reshape(-1)
+    if pairs.changes is not None:
+        n, i, j, w = pairs.changes
+        return n * experts1 + i, n * experts2 + j, w
+    idx1, idx2, weight = pairs.padded
+    N, H, K1, K2 = weight.shape
+    flat = weight.reshape(-1)
     hit = flat.nonzero().squeeze(1)  # flat position ((n*H + h)*K1 + a)*K2 + b, then 1-d gathers only
     row, b = hit // K2, hit % K2
     nh, a = row // K1, row % K1
     n = nh // H
-    i = pairs.idx1.reshape(-1).index_select(0, nh * K1 + a)
-    j = pairs.idx2.reshape(-1).index_select(0, nh * K2 + b)
+    i = idx1.reshape(-1).index_select(0, nh * K1 + a)
+    j = idx2.reshape(-1).index_select(0, nh * K2 + b)
     return n * experts1 + i, n * experts2 + j, flat.index_select(0, hit)
 
 

@@ -34,7 +34,7 @@ def _restrict(pairs: MaskedPairs | None, ids1: torch.Tensor, ids2: torch.Tensor,
     if pairs is None:
         return None
     pos1, pos2 = _positions(ids1, experts), _positions(ids2, experts)
-    return MaskedPairs(pos1[pairs.idx1], pos2[pairs.idx2], pairs.weight)
+    return pairs.remap(pos1, pos2)
 
 
 def _up(layer: torch.nn.Linear, x: torch.Tensor, ids: torch.Tensor, experts: int) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """oracle (a diagnostic, not an edit to ship): the best mask this model allows, found by looking
 at the out-of-source eval sets that every other rule is forbidden to see.
 
-Experts are ranked by their predicted selective damage on those sets (attribution: effect on the
-target's out-of-source set minus the mean effect on the references' out-of-source sets), the top
-n are masked for n on a doubling grid up to MAX_MASKED of the experts, and each mask is measured
-on the same sets. The chosen n has the highest selectivity among those that raise the target's
-loss by at least MIN_RISE (relative), else the largest rise. Its numbers bound what any mask can
-do on this model: when the oracle cannot reach a goal, the model is the limit, not the rule.
+Candidates: the experts ranked by their predicted selective damage on those sets (attribution:
+effect on the target's out-of-source set minus the mean effect on the references' out-of-source
+sets), the top n for n on a grid of steps of sqrt(2) up to MAX_MASKED of the experts; and what
+the profile rules select over their parameter grids (skew at ratios 1 to 3, contrastive at 0.5%
+to 2%), so the oracle is never worse than a rule. Each candidate is measured on the same sets;
+the chosen one has the highest selectivity among those that raise the target's loss by at least
+MIN_RISE (relative), else the largest rise. Its numbers bound what these masks can do on this
+model: when the oracle cannot reach a goal, the model is the limit, not the choice of rule.
 """
 
 from __future__ import annotations
@@ -63,29 +65,59 @@ def _select(ctx: Context, min_rise: float, max_masked: float) -> Choice:
     existing = model.masks()
     base_t = scoring.loss_sums(model, t_rows, ctx.batch_size).loss
     base_r = scoring.loss_sums(model, r_rows, ctx.batch_size).loss
-    trials, count = [], 1
-
-    def top(n: int) -> dict:
-        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-        chosen[order[:n]] = True
-        return as_masks(chosen.view_as(gain))
-
+    trials, chosen = [], {}
     try:
-        while count <= n_max:
-            model.set_masks(masks_mod.combine({g: m.cpu() for g, m in existing.items()}, top(count)))
+        for label, masks in _candidates(ctx, order, n_max, gain.shape):
+            experts = int(sum(int(m.sum()) for m in masks.values()))
+            if not experts or experts > max_masked * flat.numel():  # within the oracle's budget
+                continue
+            model.set_masks(masks_mod.combine({g: m.cpu() for g, m in existing.items()}, masks))
             dt = scoring.loss_sums(model, t_rows, ctx.batch_size).loss - base_t
             dr = scoring.loss_sums(model, r_rows, ctx.batch_size).loss - base_r
-            trials.append({"experts": count, "target_rise": dt / base_t, "retain_rise": dr / base_r,
-                           "selectivity": scoring.selectivity(dt, dr, base_r)})
-            count = count * 2 if count * 2 <= n_max or count == n_max else n_max
+            trials.append({"candidate": label, "experts": experts, "target_rise": dt / base_t,
+                           "retain_rise": dr / base_r, "selectivity": scoring.selectivity(dt, dr, base_r)})
+            chosen[len(trials) - 1] = masks
     finally:
         model.set_masks(existing)
-    reached = [t for t in trials if t["target_rise"] >= min_rise]
-    best = (max(reached, key=lambda t: t["selectivity"]) if reached
-            else max(trials, key=lambda t: t["target_rise"], default={"experts": 0}))
+    reached = [i for i, t in enumerate(trials) if t["target_rise"] >= min_rise]
+    pool = reached or range(len(trials))
+    best = max(pool, key=lambda i: trials[i]["selectivity" if reached else "target_rise"], default=None)
+    masks = chosen[best] if best is not None else as_masks(torch.zeros_like(gain, dtype=torch.bool))
     params = {"min_rise": min_rise, "max_masked": max_masked, "target_set": name, "trials": trials,
+              "candidate": None if best is None else trials[best]["candidate"],
               "diagnostic": "chosen by looking at the out-of-source eval sets: an upper bound, not an edit to ship"}
-    return Choice(top(best["experts"]), params, trials)
+    return Choice(masks, params, trials)
+
+
+SKEW_RATIOS = (1.0, 1.25, 1.5, 2.0, 3.0)
+CONTRASTIVE_FRACTIONS = (0.005, 0.01, 0.02)
+
+
+def _candidates(ctx: Context, order, n_max: int, shape):
+    """(label, masks) of every candidate: the attribution ranking's top n on a sqrt(2) grid, then
+    the profile rules over their grids."""
+    import torch
+
+    from .attribution import top_fraction
+    from .contrastive import contrast
+    from .skew import skew
+
+    n, sizes = 1.0, []
+    while round(n) <= n_max:
+        if not sizes or round(n) != sizes[-1]:
+            sizes.append(round(n))
+        n *= 2 ** 0.5
+    if n_max and sizes[-1:] != [n_max]:
+        sizes.append(n_max)
+    for count in sizes:
+        picked = torch.zeros(order.numel(), dtype=torch.bool)
+        picked[order[:count]] = True
+        yield "attribution ranking", as_masks(picked.view(shape))
+    for ratio in SKEW_RATIOS:
+        yield f"skew ratio {ratio:g}", skew(ctx.target, ctx.others, ratio)
+    delta = contrast(ctx.target, ctx.others)
+    for fraction in CONTRASTIVE_FRACTIONS:
+        yield f"contrastive {fraction:.1%}", top_fraction(delta, delta > 0, fraction)
 
 
 RULE = Rule(
