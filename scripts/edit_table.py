@@ -41,6 +41,9 @@ GRID = [
       (("domain", "law"), ("toxicity", "toxicity"), ("language", "python"), ("language", "de"))],
     # slowest last (gradients over every reference's profile tokens)
     *[(kind, name, "attribution", {}) for kind, name in (("language", "de"), ("language", "python"), ("domain", "law"))],
+    # toxicity under the rules that do not need its labels (corr is the only one that needs them)
+    *[("toxicity", "toxicity", rule, params) for rule, params in
+      (("skew", {"ratio": 2.0}), ("budget", {}), ("attribution", {}))],
 ]
 PROFILE = {"tokens": 50_000, "seq_len": 128, "batch_size": 8}
 EVAL = {"tokens": 5_000, "seq_len": 128, "batch_size": 8, "seed": 0}
@@ -64,7 +67,8 @@ def measure(model: str, row: tuple) -> dict:
     results = evaluate(base, base, target, EvalParams(suites=suites, **EVAL, **extra), edited_mask=sel.masks)
     total = base.config.num_experts * base.config.num_groups
     return {"key": key(row), "target": name, "rule": rule, "params": params, "masked": sum(sel.counts(base.config)),
-            "fraction": sum(sel.counts(base.config)) / total, "summary": results["summary"]}
+            "fraction": sum(sel.counts(base.config)) / total, "summary": results["summary"],
+            "chosen": {k: v for k, v in sel.params.items() if k in ("candidate", "ratio", "max_masked", "threshold")}}
 
 
 def matches(row: tuple, spec: str) -> bool:
