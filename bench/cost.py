@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from monet_edit.kernels import routed
+from monet_edit.model import precision
 
 from . import common
 
@@ -28,23 +29,25 @@ def _routing(model, ids: torch.Tensor, settled: bool):
 
 
 def run(configs: dict[str, dict], thread_counts: tuple[int, ...], repeats: int, tokens: int = 1024) -> Iterator[dict]:
+    dtypes = (torch.float32, torch.bfloat16) if precision.native_bf16() else (torch.float32,)
     for label, fields in configs.items():
         for decompose in ("horizontal", "vertical"):
             for settled in (True, False):
-                yield from _case(label, fields, decompose, settled, thread_counts, repeats, tokens)
+                for dtype in dtypes:
+                    yield from _case(label, fields, decompose, settled, thread_counts, repeats, tokens, dtype)
 
 
-def _case(label, fields, decompose, settled, thread_counts, repeats, tokens) -> Iterator[dict]:
+def _case(label, fields, decompose, settled, thread_counts, repeats, tokens, dtype=torch.float32) -> Iterator[dict]:
     model = common.build(fields, decompose)
     cfg = model.config
     ids = common.token_ids(model, max(1, tokens // 256), min(tokens, 256), seed=7)
     g1, g2 = _routing(model, ids, settled)
-    x = torch.randn(g1.shape[0], cfg.hidden_size, generator=torch.Generator().manual_seed(8))
-    moe = model.model.layers[0].moe
+    x = torch.randn(g1.shape[0], cfg.hidden_size, generator=torch.Generator().manual_seed(8)).to(dtype)
+    moe = model.model.layers[0].moe.to(dtype)
     layer = routed.hd_routed if decompose == "horizontal" else routed.vd_routed
     pairs = routed.active_counts(g1, g2)
     chosen = "routed" if routed.choose(g1.shape[0], *pairs, cfg.moe_experts, cfg.moe_dim, cfg.hidden_size,
-                                       decompose) else "dense"
+                                       decompose, routed.cpu_cost(dtype)) else "dense"
     fns = {"dense": lambda: _dense(moe, x, g1, g2), "routed": lambda: layer(moe, x, routed.plan(g1, g2))}
     for count in thread_counts:
         with common.threads(count), torch.no_grad():
@@ -52,9 +55,9 @@ def _case(label, fields, decompose, settled, thread_counts, repeats, tokens) -> 
         faster = "routed" if t["routed"] < t["dense"] else "dense"
         yield common.record(
             "cost", f"{common.TAGS[decompose]} {label} {'settled' if settled else 'unsettled'} layer, "
-            f"{count} thread(s): dense / routed time", t["dense"] / t["routed"], "speed-up of routed",
+            f"{precision.name(dtype)}, {count} thread(s): dense / routed time", t["dense"] / t["routed"], "speed-up of routed",
             ok=chosen == faster or t[chosen] <= 1.1 * t[faster], config=label, decompose=decompose, threads=count,
-            settled=settled, density=round(sum(pairs) / (2 * g1.shape[0] * cfg.moe_experts), 4), chosen=chosen,
+            settled=settled, dtype=precision.name(dtype), density=round(sum(pairs) / (2 * g1.shape[0] * cfg.moe_experts), 4), chosen=chosen,
             faster=faster)
 
 

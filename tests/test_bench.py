@@ -64,8 +64,10 @@ def test_forward_refuses_to_time_a_baseline_that_disagrees():
 def test_profile_cost_statistic_generate_figures():
     _well_formed(list(profile.run(QUICK, (1,), repeats=1, batch=1, seq=16)), "profile")
     lines = list(cost.run(QUICK, (1,), repeats=1, tokens=64))
-    assert len(lines) == 4 and all(x["chosen"] in ("dense", "routed") and x["ok"] is not None for x in lines)
-    assert {x["settled"] for x in lines} == {True, False}
+    dtypes = {"float32", "bfloat16"} if model_precision.native_bf16() else {"float32"}
+    assert len(lines) == 4 * len(dtypes) and all(x["chosen"] in ("dense", "routed") and x["ok"] is not None
+                                                 for x in lines)
+    assert {x["settled"] for x in lines} == {True, False} and {x["dtype"] for x in lines} == dtypes
     (line,) = statistic.run(experts=12, heads=2, topk=2, tokens=4, repeats=1)
     assert line["target"] == ">= 20"
     _well_formed(list(generate.run(QUICK, prompt=4, new=2, repeats=1)), "generate")

@@ -257,6 +257,25 @@ def test_cost_model_picks_routed_only_where_it_pays():
     assert not routed.choose(1024, 1024 * 500, 1024 * 500, experts=512, width=16, hidden=2048)
     # tiny layers: the per-sub-expert overhead exceeds the whole dense GEMM
     assert not routed.choose(64, 64 * 3, 64 * 3, experts=8, width=4, hidden=32)
+    # in bf16 on CPU the dense GEMMs are several times faster than the narrow routed ones: dense there
+    assert routed.cpu_cost(torch.bfloat16) is routed.CPU_LOW and routed.cpu_cost(torch.float32) is routed.CPU
+    assert not routed.choose(1024, 62_000, 62_000, experts=512, width=16, hidden=2048, cost=routed.CPU_LOW)
+
+
+def test_the_model_plans_for_the_dtype_it_computes_in(monkeypatch):
+    """Same routing, same shape: fp32 takes the routed path where it pays, bf16 the dense one."""
+    calls = []
+    real = routed.choose
+    monkeypatch.setattr(routed, "choose", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    cfg = tiny_config("horizontal", moe_experts=12, moe_topk=3)
+    model = random_model(cfg, seed=8)
+    ids = torch.randint(0, cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(3))
+    monkeypatch.setenv("MONET_EDIT_SPARSE_TOKENS", "0")
+    with torch.no_grad():
+        model(ids)
+        model.to(torch.bfloat16)(ids)
+    assert calls[:cfg.num_groups] == [routed.CPU] * cfg.num_groups
+    assert calls[cfg.num_groups:] == [routed.CPU_LOW] * cfg.num_groups
 
 
 def test_switches_and_autograd(monkeypatch):

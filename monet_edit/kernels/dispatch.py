@@ -245,7 +245,8 @@ def vd_routed(experts: torch.nn.Module, x: torch.Tensor, plan: routed.Plan) -> t
 
 
 def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs | None, width: int,
-                hidden: int, grad: bool, decompose: str = "horizontal") -> routed.Plan | None:
+                hidden: int, grad: bool, decompose: str = "horizontal", dtype: torch.dtype = torch.float32
+                ) -> routed.Plan | None:
     """routed.expert_plan, with MONET_EDIT_KERNELS's path forced and the Triton cost model on CUDA."""
     chosen = expert_mode()
     if grad or g1.shape[0] == 0 or chosen == "dense":
@@ -253,7 +254,7 @@ def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs
     if chosen == "routed":
         return routed.plan(g1, g2, pairs)
     if not accelerated(g1):
-        return routed.expert_plan(g1, g2, pairs, width, hidden, grad, decompose)
+        return routed.expert_plan(g1, g2, pairs, width, hidden, grad, decompose, dtype)
     if not use_triton(g1) or any(VERDICTS.get(k) is False for k in VERDICTS if k[0].startswith("routed.")):
         return None  # the torch grouped GEMMs loop over sub-experts in Python: far slower than cuBLAS
     counts = routed.active_counts(g1, g2)

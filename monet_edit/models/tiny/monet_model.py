@@ -255,7 +255,7 @@ class MonetModel(nn.Module):
         if u.shape[0] > kernels.sparse_tokens():
             cfg = self.config
             plan = kernels.expert_plan(g1, g2, pairs, cfg.moe_dim, cfg.hidden_size, grad=u.requires_grad,
-                                       decompose=cfg.moe_decompose)
+                                       decompose=cfg.moe_decompose, dtype=u.dtype)
         return pairs, plan
 
 

@@ -88,6 +88,11 @@ class Cost(NamedTuple):
 # other work): narrow GEMMs at about 0.4x the dense GEMM's rate, and a gathered or scattered element
 # costing about 16 dense multiply-adds (the rows come from L3 or memory, the GEMM's from cache).
 CPU = Cost(small_gemm=2.5, per_element=16.0, per_call=2.0e5)
+# bf16 (and other half types) on CPU, against the dense bf16 GEMM: on AVX-512 BF16 the large GEMMs
+# run about 3.7x their fp32 rate while the narrow per-sub-expert ones gain nothing (they ran slower
+# than in fp32), so every term costs about 5.5x more in dense-GEMM units: one expert layer at the
+# mid and the 1.4B layer shapes took 1.4-6x longer routed than dense in bf16 (2026-12-02).
+CPU_LOW = Cost(small_gemm=2.5 * 5.5, per_element=16.0 * 5.5, per_call=2.0e5 * 5.5)
 # Not measured yet (no GPU has run the Triton kernels): narrow tl.dot tiles at a quarter of cuBLAS's
 # rate, and the down side's fp32 atomics (one per pair and output element) at 16 multiply-adds each.
 CUDA_TRITON = Cost(small_gemm=4.0, per_element=16.0, per_call=0.0)
@@ -109,16 +114,23 @@ def choose(tokens: int, pairs1: int, pairs2: int, experts: int, width: int, hidd
     return routed < dense
 
 
+def cpu_cost(dtype: torch.dtype) -> Cost:
+    """The CPU cost constants for a compute dtype."""
+    return CPU if dtype in (torch.float32, torch.float64) else CPU_LOW
+
+
 def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs | None, width: int,
-                hidden: int, grad: bool, decompose: str = "horizontal") -> Plan | None:
-    """The plan when the routed path is the cheaper one for this group, else None (dense).
+                hidden: int, grad: bool, decompose: str = "horizontal", dtype: torch.dtype = torch.float32
+                ) -> Plan | None:
+    """The plan when the routed path is the cheaper one for this group (experts computing in
+    `dtype`), else None (dense).
 
     Autograd (training) always takes the dense path; so does CUDA here, where a Python loop over
     sub-experts costs far more than one cuBLAS GEMM (monet-edit's dispatcher plans for its Triton
     kernels instead)."""
     if grad or g1.is_cuda or g1.shape[0] == 0:
         return None
-    if not choose(g1.shape[0], *active_counts(g1, g2), g1.shape[-1], width, hidden, decompose):
+    if not choose(g1.shape[0], *active_counts(g1, g2), g1.shape[-1], width, hidden, decompose, cpu_cost(dtype)):
         return None
     return plan(g1, g2, pairs)
 
