@@ -2,10 +2,11 @@
 natively (AVX-512 BF16 or AMX), fp32 elsewhere.
 
 bf16 against fp32 on the packaged tiny model (8,192 held-out eval tokens each of en, de, python
-and law; bench/precision.py repeats it) changed the loss by at most 1.7e-4 nats per token (KL
-7e-5), flipped 0.015% of the active-expert decisions, moved the profile statistic S by 0.08%
-(relative L1) and gave a German skew mask of 368 experts against fp32's 370 (Jaccard 0.98):
-negligible for profiling and eval, while a native bf16 GEMM runs several times faster than fp32.
+and law; bench/precision.py repeats it) changed the loss by at most 3.4e-4 nats per token (KL
+2e-4) and flipped 0.02% of the active-expert decisions on tiny v2; on v1 it moved the profile
+statistic S by 0.08% (relative L1) and gave a German skew mask of 368 experts against fp32's 370
+(Jaccard 0.98): negligible for profiling and eval, while a native bf16 GEMM runs about 4x faster
+than fp32 (the expert layers then take the dense path: kernels.routed.CPU_LOW).
 Without native support bf16 is emulated and far slower than fp32 (on the AVX2-only CPU this was
 measured on, a bf16 GEMM ran 5 to 200 times slower), so fp32 stays the default there. BatchNorm
 routing statistics are kept in fp32 in every case (load_model). `MONET_EDIT_CPU_DTYPE` = auto
