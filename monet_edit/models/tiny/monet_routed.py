@@ -224,7 +224,7 @@ def hd_routed(experts: torch.nn.Module, x: torch.Tensor, p: Plan, up=up, down=do
     if p.fix is not None:
         p1, p2, w = p.fix
         w = w.to(a.dtype)
-        slots.index_add_(0, p2, -w[:, None] * a[p1])
+        slots.index_add_(0, p2, a.index_select(0, p1).mul_(-w[:, None]))
         bias.index_add_(0, p2, -w)
     return down([(slots, experts.v.weight)], experts.b.to(a.dtype), bias, s2, p.tokens)
 
@@ -243,8 +243,8 @@ def vd_routed(experts: torch.nn.Module, x: torch.Tensor, p: Plan, up=up, down=do
         w = w.to(a1.dtype)
         r1.index_add_(0, p1, -w)
         r2.index_add_(0, p2, -w)
-        top_cross.index_add_(0, p1, -w[:, None] * a2[p2])
-        bottom_cross.index_add_(0, p2, -w[:, None] * a1[p1])
+        top_cross.index_add_(0, p1, a2.index_select(0, p2).mul_(-w[:, None]))
+        bottom_cross.index_add_(0, p2, a1.index_select(0, p1).mul_(-w[:, None]))
     top = down([(r1[:, None] * a1, experts.v11.weight), (top_cross, experts.v12.weight)],
                experts.b1.to(a1.dtype), r1, s1, p.tokens)
     bottom = down([(bottom_cross, experts.v21.weight), (r2[:, None] * a2, experts.v22.weight)],
