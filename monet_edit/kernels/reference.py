@@ -144,10 +144,11 @@ def masked_pairs(g1: torch.Tensor, g2: torch.Tensor, mask: torch.Tensor | None =
     cut = pair_cut(mask, scale)
     if cut is None:
         return None
-    changes = _changes(g1, g2, cut.to(g1.device))
+    cut = cut.to(g1.device)
+    changes = _changes(g1, g2, cut)
     if changes[0].numel() == 0:
         return None
-    return MaskedPairs(changes=changes, make_padded=lambda: _padded(g1, g2, cut.to(g1.device)))
+    return MaskedPairs(changes=changes, make_padded=lambda: _padded(g1, g2, cut))
 
 
 def hits(pairs: MaskedPairs, experts1: int, experts2: int

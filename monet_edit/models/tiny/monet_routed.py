@@ -184,14 +184,13 @@ def down(terms: list[tuple[torch.Tensor, torch.Tensor]], brow: torch.Tensor, bwe
     and the bias as a rank-1 update: 1/width of the GEMM's work, where one N x E x d_out bias GEMM
     cost half of the routed down projection at the 1.4B shape) and scatter-added once."""
     experts = len(s.counts)
-    weights = [(slots, expert_major(w, experts)) for slots, w in terms]
-    brow, bweight = brow.to(terms[0][0].dtype), bweight.to(terms[0][0].dtype)
-    y = terms[0][0].new_zeros(tokens, brow.shape[1])
+    (first, w0), *rest = [(slots, expert_major(w, experts)) for slots, w in terms]
+    brow, bweight = brow.to(first.dtype), bweight.to(first.dtype)
+    y = first.new_zeros(tokens, brow.shape[1])
     start = 0
     for e, count in enumerate(s.counts):
         if count:
             stop = start + count
-            (first, w0), *rest = weights
             rows = torch.mm(first[start:stop], w0[e])
             for slots, w in rest:
                 rows.addmm_(slots[start:stop], w[e])

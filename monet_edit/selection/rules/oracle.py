@@ -65,7 +65,7 @@ def _select(ctx: Context, min_rise: float, max_masked: float) -> Choice:
     existing = model.masks()
     base_t = scoring.loss_sums(model, t_rows, ctx.batch_size).loss
     base_r = scoring.loss_sums(model, r_rows, ctx.batch_size).loss
-    trials, chosen = [], {}
+    trials, kept = [], []  # kept[i]: the masks of trials[i]
     try:
         for label, masks in _candidates(ctx, order, n_max, gain.shape):
             experts = int(sum(int(m.sum()) for m in masks.values()))
@@ -76,13 +76,13 @@ def _select(ctx: Context, min_rise: float, max_masked: float) -> Choice:
             dr = scoring.loss_sums(model, r_rows, ctx.batch_size).loss - base_r
             trials.append({"candidate": label, "experts": experts, "target_rise": dt / base_t,
                            "retain_rise": dr / base_r, "selectivity": scoring.selectivity(dt, dr, base_r)})
-            chosen[len(trials) - 1] = masks
+            kept.append(masks)
     finally:
         model.set_masks(existing)
     reached = [i for i, t in enumerate(trials) if t["target_rise"] >= min_rise]
     pool = reached or range(len(trials))
     best = max(pool, key=lambda i: trials[i]["selectivity" if reached else "target_rise"], default=None)
-    masks = chosen[best] if best is not None else as_masks(torch.zeros_like(gain, dtype=torch.bool))
+    masks = kept[best] if best is not None else as_masks(torch.zeros_like(gain, dtype=torch.bool))
     params = {"min_rise": min_rise, "max_masked": max_masked, "target_set": name, "trials": trials,
               "candidate": None if best is None else trials[best]["candidate"],
               "diagnostic": "chosen by looking at the out-of-source eval sets: an upper bound, not an edit to ship"}
