@@ -2,7 +2,9 @@
 
 At each layer shape, with settled routing (about k of E active per head, as trained) and with
 unsettled routing (statistics 0/1: far more active), time the dense and the routed layer on the
-same inputs and check that the cost model picks the faster one (`ok`), or one within 10% of it.
+same inputs and check that the cost model picks the faster one (`ok`), or one within 10% of it. The
+routed layer runs as load_model runs it (kernels.dispatch: the C grouped GEMMs in fp32 where they
+build), and the choice is the dispatcher's.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from monet_edit.kernels import routed
+from monet_edit.kernels import dispatch, routed
 from monet_edit.model import precision
 
 from . import common
@@ -44,10 +46,10 @@ def _case(label, fields, decompose, settled, thread_counts, repeats, tokens, dty
     g1, g2 = _routing(model, ids, settled)
     x = torch.randn(g1.shape[0], cfg.hidden_size, generator=torch.Generator().manual_seed(8)).to(dtype)
     moe = model.model.layers[0].moe.to(dtype)
-    layer = routed.hd_routed if decompose == "horizontal" else routed.vd_routed
+    layer = dispatch.hd_routed if decompose == "horizontal" else dispatch.vd_routed  # as load_model runs it
     pairs = routed.active_counts(g1, g2)
-    chosen = "routed" if routed.choose(g1.shape[0], *pairs, cfg.moe_experts, cfg.moe_dim, cfg.hidden_size,
-                                       decompose, routed.cpu_cost(dtype)) else "dense"
+    plan = dispatch.expert_plan(g1, g2, None, cfg.moe_dim, cfg.hidden_size, False, decompose, dtype)
+    chosen = "dense" if plan is None else "routed"
     fns = {"dense": lambda: _dense(moe, x, g1, g2), "routed": lambda: layer(moe, x, routed.plan(g1, g2))}
     for count in thread_counts:
         with common.threads(count), torch.no_grad():
@@ -57,8 +59,13 @@ def _case(label, fields, decompose, settled, thread_counts, repeats, tokens, dty
             "cost", f"{common.TAGS[decompose]} {label} {'settled' if settled else 'unsettled'} layer, "
             f"{precision.name(dtype)}, {count} thread(s): dense / routed time", t["dense"] / t["routed"], "speed-up of routed",
             ok=chosen == faster or t[chosen] <= 1.1 * t[faster], config=label, decompose=decompose, threads=count,
-            settled=settled, dtype=precision.name(dtype), density=round(sum(pairs) / (2 * g1.shape[0] * cfg.moe_experts), 4), chosen=chosen,
+            settled=settled, dtype=precision.name(dtype), grouped_gemms=_grouped(dtype), density=round(sum(pairs) / (2 * g1.shape[0] * cfg.moe_experts), 4), chosen=chosen,
             faster=faster)
+
+
+def _grouped(dtype: torch.dtype) -> str:
+    """Which grouped GEMMs the routed layer runs: the C ones (kernels.gathered) or torch's."""
+    return "C" if dtype == torch.float32 and dispatch.use_native(torch.empty(0, dtype=dtype)) else "torch"
 
 
 def _dense(moe, x, g1, g2):

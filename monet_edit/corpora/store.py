@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,26 +20,13 @@ from .._version import __version__
 from ..errors import MonetEditError, UsageError
 from ..infra import locks
 from ..infra.atomic import output_dir
+from ..infra.paths import home
 from . import registry, sources
 from .registry import SPLITS, CorpusSpec
 
 FORMAT = 1  # bump when the layout or the documents of a built corpus change
 FRACTIONS = (0.8, 0.1, 0.1)  # train / profile / eval, by rank of sha256(id)
 GENERAL_SHARE_CHARS = 120_000  # characters each embedded corpus contributes to `general`
-
-
-def home() -> Path:
-    """$MONET_EDIT_HOME if set, else the user's cache dir (~/.cache/monet-edit): corpora, profiles."""
-    home = os.environ.get("MONET_EDIT_HOME")
-    if home:
-        return Path(home).expanduser()
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    elif os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "monet-edit"
 
 
 def cache_dir() -> Path:

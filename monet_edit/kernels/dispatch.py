@@ -2,18 +2,21 @@
 
 `MONET_EDIT_KERNELS` is a comma-separated list of at most one backend and one expert path:
 - backend `triton` (always Triton; on CPU that needs `TRITON_INTERPRET=1`, which is how the parity
-  tests run the kernels) or `torch` (always the reference); unset (or `auto`): Triton for CUDA
-  tensors, torch elsewhere;
+  tests run the kernels), `native` (the routed path's grouped GEMMs in C, kernels.gathered, for
+  fp32 on CPU; torch for everything else) or `torch` (always the reference); unset (or `auto`):
+  Triton for CUDA tensors, the C grouped GEMMs for fp32 CPU ones where a C compiler builds them,
+  torch elsewhere;
 - expert path `dense` (every sub-expert, as the published implementation computes it) or `routed`
   (only the active (token, sub-expert) pairs, kernels.routed); unset: the cost model
   (routed.choose) decides per routing group from the active pairs it measures.
 E.g. `MONET_EDIT_KERNELS=torch,dense` is the reference path everywhere. The kernels are forward-only,
 so a call that autograd must see (training) always takes the reference and the dense path.
 
-The Triton kernels have not yet run on a real GPU, so under `auto` each one is checked against its
-torch reference on a small slice of its first call's inputs, once per process, kernel, shape
-family and dtype; a kernel that fails to compile or differs prints one warning line and that
-family runs on torch from then on. A forced `triton` is never second-guessed.
+The Triton kernels have not yet run on a real GPU, and the C ones are compiled on the user's
+machine by whatever compiler it has, so under `auto` each one is checked against its torch
+reference on a small slice of its first call's inputs, once per process, kernel, shape family and
+dtype; a kernel that fails to compile or differs prints one warning line and that family runs on
+torch from then on. A forced `triton` or `native` is never second-guessed.
 
 `MONET_EDIT_SPARSE_TOKENS` (default 4): expert layers called with at most this many tokens (batch-1
 generation) take the sparse path that reads only the active sub-experts' weights; 0 turns it off.
@@ -30,9 +33,9 @@ from types import ModuleType
 import torch
 
 from ..errors import UsageError
-from . import reference, routed
+from . import gathered, reference, routed
 
-BACKENDS = ("triton", "torch")
+BACKENDS = ("triton", "native", "torch")
 PATHS = ("dense", "routed")
 DEFAULT_SPARSE_TOKENS = 4
 PROBE_TOKENS = 16  # tokens (or pairs, for the grouped GEMMs) a first-use check runs on
@@ -80,7 +83,7 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     chosen = mode()
-    if chosen == "torch":
+    if chosen in ("torch", "native"):
         return False
     if chosen == "auto":
         return accelerated(tensors[0]) and triton_available()
@@ -89,6 +92,21 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     if not tensors[0].is_cuda and not _interpreting():
         raise UsageError("MONET_EDIT_KERNELS=triton on CPU tensors needs TRITON_INTERPRET=1")
     return True
+
+
+def use_native(*tensors: torch.Tensor) -> bool:
+    """True when the routed path's grouped GEMMs should run in C for these tensors (fp32 on CPU)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    chosen = mode()
+    if chosen in ("torch", "triton") or not gathered.supports(*tensors):
+        return False
+    reason = gathered.unavailable()
+    if reason is not None and chosen == "native":
+        raise UsageError(f"MONET_EDIT_KERNELS=native but the C kernels are unavailable: {reason}")
+    if reason is not None and gathered.compiler() is not None:
+        _warn_once(f"the C kernels are unavailable ({reason}); the routed path runs its torch kernels")
+    return reason is None
 
 
 def triton_available() -> bool:
@@ -140,6 +158,15 @@ def _warn(line: str) -> None:
     err.print(f"warning: {line}", markup=False, soft_wrap=True)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    if line not in _WARNED:
+        _WARNED.add(line)
+        _warn(line)
+
+
 def _verified(name: str, key: tuple, fast: Callable, ref: Callable, probe: Callable[[], tuple]) -> bool:
     """Run the first-use check of one kernel family (see the module docstring); True when it passed."""
     if key in VERDICTS:
@@ -153,14 +180,15 @@ def _verified(name: str, key: tuple, fast: Callable, ref: Callable, probe: Calla
     VERDICTS[key] = reason is None
     if reason is not None:
         family = ", ".join(str(k).removeprefix("torch.") for k in key[1:])
-        _warn(f"Triton kernel {name} ({family}) failed its first-use check against torch ({reason}); "
+        kind = "C" if key[0].startswith("native.") else "Triton"
+        _warn(f"{kind} kernel {name} ({family}) failed its first-use check against torch ({reason}); "
               "using the torch kernel for it")
     return VERDICTS[key]
 
 
 def _pick(name: str, key: tuple, fast: Callable, ref: Callable, probe: Callable[[], tuple]) -> Callable:
     """`fast` when forced or when it passed (or passes now) its first-use check, else `ref`."""
-    if mode() == "triton" or _verified(name, key, fast, ref, probe):
+    if mode() in ("triton", "native") or _verified(name, key, fast, ref, probe):
         return fast
     return ref
 
@@ -214,48 +242,69 @@ def vd_mix(a1: torch.Tensor, a2: torch.Tensor, g1: torch.Tensor, g2: torch.Tenso
     return reference.vd_mix(a1, a2, g1, g2, pairs)
 
 
-def _up(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s: routed.Side) -> torch.Tensor:
-    key = ("routed.up", weight.shape[0] // len(s.counts), x.shape[1], x.dtype)
-    fast = _pick("routed.up", key, triton_module("triton_routed").up, routed.up,
-                 lambda: (x, weight, bias, _prefix(s, PROBE_TOKENS)))
-    return fast(x, weight, bias, s)
+def _grouped(backend: str) -> tuple[Callable, Callable]:
+    """The grouped GEMMs (up, down) of one backend ("triton" or "native"), each behind its
+    first-use check (kernel key prefix: "routed." for Triton, "native." for C)."""
+    kernels = triton_module("triton_routed") if backend == "triton" else gathered
+    prefix = "routed." if backend == "triton" else "native."
 
+    def up(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s: routed.Side) -> torch.Tensor:
+        key = (prefix + "up", weight.shape[0] // len(s.counts), x.shape[1], x.dtype)
+        fast = _pick("routed.up", key, kernels.up, routed.up, lambda: (x, weight, bias, _prefix(s, PROBE_TOKENS)))
+        return fast(x, weight, bias, s)
 
-def _down(terms: list, brow: torch.Tensor, bweight: torch.Tensor, s: routed.Side, tokens: int) -> torch.Tensor:
-    slots, weight = terms[0]
-    key = ("routed.down", slots.shape[1], weight.shape[0], len(terms), slots.dtype)
-    n = PROBE_TOKENS
-    fast = _pick("routed.down", key, triton_module("triton_routed").down, routed.down,
-                 lambda: ([(t[:n], w) for t, w in terms], brow, bweight[:n], _prefix(s, n), tokens))
-    return fast(terms, brow, bweight, s, tokens)
+    def down(terms: list, brow: torch.Tensor, bweight: torch.Tensor, s: routed.Side, tokens: int) -> torch.Tensor:
+        slots, weight = terms[0]
+        key = (prefix + "down", slots.shape[1], weight.shape[0], len(terms), slots.dtype)
+        n = PROBE_TOKENS
+        fast = _pick("routed.down", key, kernels.down, routed.down,
+                     lambda: ([(t[:n], w) for t, w in terms], brow, bweight[:n], _prefix(s, n), tokens))
+        return fast(terms, brow, bweight, s, tokens)
+
+    return up, down
 
 
 def _routed_ops(x: torch.Tensor, weight: torch.Tensor) -> dict:
-    return dict(up=_up, down=_down) if use_triton(x, weight) else {}
+    for backend, chosen in (("triton", use_triton), ("native", use_native)):
+        if chosen(x, weight):
+            up, down = _grouped(backend)
+            return dict(up=up, down=down)
+    return {}
 
 
 def hd_routed(experts: torch.nn.Module, x: torch.Tensor, plan: routed.Plan) -> torch.Tensor:
-    """routed.hd_routed with its grouped GEMMs in Triton where Triton runs."""
+    """routed.hd_routed with its grouped GEMMs in Triton or C where those run."""
     return routed.hd_routed(experts, x, plan, **_routed_ops(x, experts.u.weight))
 
 
 def vd_routed(experts: torch.nn.Module, x: torch.Tensor, plan: routed.Plan) -> torch.Tensor:
-    """routed.vd_routed with its grouped GEMMs in Triton where Triton runs."""
+    """routed.vd_routed with its grouped GEMMs in Triton or C where those run."""
     return routed.vd_routed(experts, x, plan, **_routed_ops(x, experts.u1.weight))
+
+
+def _failed(prefix: str) -> bool:
+    """Whether a grouped GEMM of this backend failed its first-use check in this process."""
+    return any(not ok for k, ok in VERDICTS.items() if k[0].startswith(prefix))
 
 
 def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs | None, width: int,
                 hidden: int, grad: bool, decompose: str = "horizontal", dtype: torch.dtype = torch.float32
                 ) -> routed.Plan | None:
-    """routed.expert_plan, with MONET_EDIT_KERNELS's path forced and the Triton cost model on CUDA."""
+    """routed.expert_plan, with MONET_EDIT_KERNELS's path forced, the C kernels' cost model where they
+    run and the Triton one on CUDA."""
     chosen = expert_mode()
     if grad or g1.shape[0] == 0 or chosen == "dense":
         return None
     if chosen == "routed":
         return routed.plan(g1, g2, pairs)
     if not accelerated(g1):
+        if dtype == torch.float32 and mode() in ("auto", "native") and not _failed("native."):
+            # the C kernels' cost first: where even they lose, nothing needs building
+            plan = routed.expert_plan(g1, g2, pairs, width, hidden, grad, decompose, dtype, routed.CPU_NATIVE)
+            if plan is None or use_native(g1):
+                return plan
         return routed.expert_plan(g1, g2, pairs, width, hidden, grad, decompose, dtype)
-    if not use_triton(g1) or any(VERDICTS.get(k) is False for k in VERDICTS if k[0].startswith("routed.")):
+    if not use_triton(g1) or _failed("routed."):
         return None  # the torch grouped GEMMs loop over sub-experts in Python: far slower than cuBLAS
     counts = routed.active_counts(g1, g2)
     if not routed.choose(g1.shape[0], *counts, g1.shape[-1], width, hidden, decompose, routed.CUDA_TRITON):

@@ -93,6 +93,8 @@ CPU = Cost(small_gemm=2.5, per_element=16.0, per_call=2.0e5)
 # than in fp32), so every term costs about 5.5x more in dense-GEMM units: one expert layer at the
 # mid and the 1.4B layer shapes took 1.4-6x longer routed than dense in bf16 (2026-12-02).
 CPU_LOW = Cost(small_gemm=2.5 * 5.5, per_element=16.0 * 5.5, per_call=2.0e5 * 5.5)
+# The C grouped GEMMs (kernels.gathered), fp32 on CPU: provisional until fitted (bench/cost.py).
+CPU_NATIVE = Cost(small_gemm=1.5, per_element=4.0, per_call=2.0e4)
 # Not measured yet (no GPU has run the Triton kernels): narrow tl.dot tiles at a quarter of cuBLAS's
 # rate, and the down side's fp32 atomics (one per pair and output element) at 16 multiply-adds each.
 CUDA_TRITON = Cost(small_gemm=4.0, per_element=16.0, per_call=0.0)
@@ -120,17 +122,18 @@ def cpu_cost(dtype: torch.dtype) -> Cost:
 
 
 def expert_plan(g1: torch.Tensor, g2: torch.Tensor, pairs: reference.MaskedPairs | None, width: int,
-                hidden: int, grad: bool, decompose: str = "horizontal", dtype: torch.dtype = torch.float32
-                ) -> Plan | None:
+                hidden: int, grad: bool, decompose: str = "horizontal", dtype: torch.dtype = torch.float32,
+                cost: Cost | None = None) -> Plan | None:
     """The plan when the routed path is the cheaper one for this group (experts computing in
-    `dtype`), else None (dense).
+    `dtype`, grouped GEMMs costing `cost`, default: the torch ones'), else None (dense).
 
     Autograd (training) always takes the dense path; so does CUDA here, where a Python loop over
     sub-experts costs far more than one cuBLAS GEMM (monet-edit's dispatcher plans for its Triton
     kernels instead)."""
     if grad or g1.is_cuda or g1.shape[0] == 0:
         return None
-    if not choose(g1.shape[0], *active_counts(g1, g2), g1.shape[-1], width, hidden, decompose, cpu_cost(dtype)):
+    cost = cost or cpu_cost(dtype)
+    if not choose(g1.shape[0], *active_counts(g1, g2), g1.shape[-1], width, hidden, decompose, cost):
         return None
     return plan(g1, g2, pairs)
 
