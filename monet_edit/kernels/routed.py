@@ -93,8 +93,13 @@ CPU = Cost(small_gemm=2.5, per_element=16.0, per_call=2.0e5)
 # than in fp32), so every term costs about 5.5x more in dense-GEMM units: one expert layer at the
 # mid and the 1.4B layer shapes took 1.4-6x longer routed than dense in bf16 (2026-12-02).
 CPU_LOW = Cost(small_gemm=2.5 * 5.5, per_element=16.0 * 5.5, per_call=2.0e5 * 5.5)
-# The C grouped GEMMs (kernels.gathered), fp32 on CPU: provisional until fitted (bench/cost.py).
-CPU_NATIVE = Cost(small_gemm=1.5, per_element=4.0, per_call=2.0e4)
+# The C grouped GEMMs (kernels.gathered), fp32 on CPU, with the rest of the routed layer (plan,
+# head mixing) in torch. Fitted to 68 timings of one expert layer, dense vs routed (2-core AVX2
+# EPYC, 2026-12-02: 4 shapes from d=64, E=24 to the 1.4B layer's d=2048, E=512, HD and VD, 2 to
+# E/2 sub-experts per head, 1 and 2 threads): the narrow GEMMs run at about 0.8x the dense GEMM's
+# rate, and a fixed cost per sub-expert (its share of planning and mixing the pairs in torch)
+# keeps small layers dense. It picks the faster path in 67 of the 68 (the miss: 1.2x left unused).
+CPU_NATIVE = Cost(small_gemm=1.2, per_element=16.0, per_call=8.0e5)
 # Not measured yet (no GPU has run the Triton kernels): narrow tl.dot tiles at a quarter of cuBLAS's
 # rate, and the down side's fp32 atomics (one per pair and output element) at 16 multiply-adds each.
 CUDA_TRITON = Cost(small_gemm=4.0, per_element=16.0, per_call=0.0)
