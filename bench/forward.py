@@ -3,7 +3,8 @@
 Per config (mid, the 1.4B layer slice), decomposition and thread count, timed interleaved in one
 run on the same weights: the baseline (bench/baseline.py, or the published file with
 --upstream), ours as `load_model` runs it (auto: the cost model picks the routed path), ours on
-the dense path, and ours with 2% and 15% of the experts masked. The logits of ours and the
+the dense path, ours with the routed path's grouped GEMMs in torch where they run in C, and ours
+with 2% and 15% of the experts masked. The logits of ours and the
 baseline are compared before anything is timed. Targets (2 threads): >= 1.3x at mid, >= 1.8x at
 the 1.4B layer shape; masked <= 1.05x unmasked.
 """
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from monet_edit.kernels import routed
+from monet_edit.kernels import dispatch, routed
 from monet_edit.model import precision
 
 from . import baseline, common
@@ -63,6 +64,8 @@ def _case(label, fields, decompose, thread_counts, repeats, peaks, batch, seq, b
         **{f"masked {f:.0%}": (lambda m=m: common.with_masks(model, m, lambda: model(ids).logits))
            for f, m in masks.items()},
     }
+    if dispatch.use_native(ids.new_empty(0, dtype=torch.float32)):  # the routed path runs C grouped GEMMs
+        fns["ours torch kernels"] = lambda: _torch_kernels(model, ids)
     low = precision.native_bf16() and baseline_for is None  # bf16 is load_model's CPU default here
     if low:
         ours16, ref16 = common.bf16_copy(model), common.bf16_copy(ref)
@@ -85,7 +88,9 @@ def _case(label, fields, decompose, thread_counts, repeats, peaks, batch, seq, b
             "forward", f"{tag} forward, {count} thread(s): ours vs baseline", t["baseline"] / t["ours"],
             "speed-up (tokens/s ours / tokens/s baseline)", target, config=label, decompose=decompose,
             threads=count, tokens=tokens, tokens_per_s={k: round(v, 1) for k, v in speed.items() if "bf16" not in k},
-            dense_path_speedup=round(t["baseline"] / t["ours dense"], 3), active_per_head=round(active, 2),
+            dense_path_speedup=round(t["baseline"] / t["ours dense"], 3),
+            torch_kernels_speedup=round(t["baseline"] / t["ours torch kernels"], 3) if "ours torch kernels" in t else None,
+            active_per_head=round(active, 2),
             routed_share=round(share, 4), max_logit_diff=diff,
             gflops=dict(ours_executed=round(executed / t["ours"] / 1e9, 1),
                         ours_dense_equivalent=round(dense_flops / t["ours"] / 1e9, 1),
@@ -102,6 +107,12 @@ def _case(label, fields, decompose, thread_counts, repeats, peaks, batch, seq, b
             yield common.record(
                 "masked", f"{tag} masked {f:.0%} vs unmasked, {count} thread(s)", t[f"masked {f:.0%}"] / t["ours"],
                 "time ratio", "<= 1.05", config=label, decompose=decompose, threads=count, fraction=f)
+
+
+def _torch_kernels(model, ids: torch.Tensor) -> torch.Tensor:
+    """Ours as before the C kernels: torch grouped GEMMs, chosen by their own cost constants."""
+    with common.env(MONET_EDIT_KERNELS="torch"):
+        return model(ids).logits
 
 
 def _dense(model, ids: torch.Tensor) -> torch.Tensor:
