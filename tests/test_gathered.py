@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,20 @@ def test_python_threads_work_after_a_fork(python_threads):
         torch.set_num_threads(before)
     assert child.exitcode == 0
     assert torch.equal(torch.tensor(got), parent)
+
+
+@needs_compiler
+def test_an_unwritable_home_builds_in_a_private_temporary_directory(fresh, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MONET_EDIT_HOME", str(blocker / "home"))  # cannot be made: a file is in the way
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    private = tmp_path / "tmp" / f"monet-edit-kernels-{os.getuid()}"
+    assert Path(gathered.library()._name).parent == private
+    assert private.stat().st_mode & 0o777 == 0o700
+    # a directory of that name that others may write to is never used
+    gathered.library.cache_clear()
+    private.chmod(0o777)
+    chosen = Path(gathered.library()._name).parent
+    assert chosen != private and chosen.parent == tmp_path / "tmp" and chosen.stat().st_mode & 0o777 == 0o700

@@ -100,6 +100,8 @@ def _build(cc: str, target: Path, openmp: bool) -> None:
 
 
 def _writable_dir() -> Path:
+    """<home>/kernels, else a private directory under the system's temporary one (never a shared
+    one that another user could have planted a library in)."""
     base = home() / "kernels"
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,16 @@ def _writable_dir() -> Path:
             return base
     except OSError:
         pass
-    return Path(tempfile.gettempdir()) / f"monet-edit-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    private = Path(tempfile.gettempdir()) / f"monet-edit-kernels-{uid}"
+    try:
+        private.mkdir(mode=0o700, exist_ok=True)
+        st = private.stat()
+        if st.st_uid == uid and not st.st_mode & 0o022:
+            return private
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="monet-edit-kernels-"))
 
 
 def _load(cc: str, version: str, openmp: bool) -> ctypes.CDLL:
@@ -130,11 +141,13 @@ def library() -> ctypes.CDLL:
     if cc is None:
         raise Unavailable("no C compiler (set CC, or install cc, gcc or clang)")
     version = _version(cc)
-    try:
-        if not TRY_OPENMP:
-            raise Unavailable("OpenMP not wanted")
-        lib = _load(cc, version, openmp=True)
-    except Unavailable:
+    lib = None
+    if TRY_OPENMP:
+        try:
+            lib = _load(cc, version, openmp=True)
+        except Unavailable:  # e.g. Apple's clang, which has no -fopenmp
+            pass
+    if lib is None:
         lib = _load(cc, version, openmp=False)
     lib.monet_up.argtypes = [_P, _I, _I, _P, _P, _I, _P, _P, _P, _P, _I, _P, _P]
     lib.monet_up.restype = None
