@@ -65,7 +65,7 @@ def _case(label, fields, decompose, settled, thread_counts, repeats, tokens, dty
 
 def _grouped(dtype: torch.dtype) -> str:
     """Which grouped GEMMs the routed layer runs: the C ones (kernels.gathered) or torch's."""
-    return "C" if dtype == torch.float32 and dispatch.use_native(torch.empty(0, dtype=dtype)) else "torch"
+    return "C" if dispatch.use_native(torch.empty(0, dtype=dtype)) else "torch"
 
 
 def _dense(moe, x, g1, g2):

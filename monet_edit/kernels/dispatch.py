@@ -78,9 +78,14 @@ def accelerated(t: torch.Tensor) -> bool:
     return t.is_cuda
 
 
+def _autograd(*tensors: torch.Tensor) -> bool:
+    """Whether autograd must see this call (the kernels are forward-only)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def use_triton(*tensors: torch.Tensor) -> bool:
     """True when this call should run the Triton kernels."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if _autograd(*tensors):
         return False
     chosen = mode()
     if chosen in ("torch", "native"):
@@ -96,7 +101,7 @@ def use_triton(*tensors: torch.Tensor) -> bool:
 
 def use_native(*tensors: torch.Tensor) -> bool:
     """True when the routed path's grouped GEMMs should run in C for these tensors (fp32 on CPU)."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if _autograd(*tensors):
         return False
     chosen = mode()
     if chosen in ("torch", "triton") or not gathered.supports(*tensors):

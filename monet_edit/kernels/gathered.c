@@ -121,19 +121,19 @@ static inline float relu2(float v) { return v > 0.0f ? v * v : 0.0f; }
 static void up_share(const float *x, int64_t d, int64_t ldx, const float *w, const float *b, int64_t width,
                      const int64_t *tok, const int64_t *start, int64_t e0, int64_t e1, float *out, float *scratch,
                      float *pack) {
-    const int64_t d16 = d - d % LANES;
+    const int64_t dv = d - d % LANES; /* the part of d that whole vectors cover; the rest is a scalar tail */
     for (int64_t e = e0; e < e1; e++) {
         const float *we = w + e * width * d;
         int64_t p0 = start[e], p1 = start[e + 1];
         int64_t n = (p1 - p0) * width;
         memset(scratch, 0, (size_t)n * LANES * sizeof(float));
-        for (int64_t k0 = 0; k0 < d16; k0 += KC) {
-            int64_t kn = k0 + KC < d16 ? KC : d16 - k0;
+        for (int64_t k0 = 0; k0 < dv; k0 += KC) {
+            int64_t kn = k0 + KC < dv ? KC : dv - k0;
             for (int64_t c = 0; c < width; c++) memcpy(pack + c * kn, we + c * d + k0, (size_t)kn * sizeof(float));
             /* the next chunk's weight rows (this sub-expert's or the next one's) come from memory:
                ask for them now so they arrive while this chunk computes */
-            const float *next = k0 + KC < d16 ? we + k0 + KC : we + width * d;
-            if (e + 1 < e1 || k0 + KC < d16)
+            const float *next = k0 + KC < dv ? we + k0 + KC : we + width * d;
+            if (e + 1 < e1 || k0 + KC < dv)
                 for (int64_t c = 0; c < width; c++)
                     for (int64_t k = 0; k < KC; k += 16) __builtin_prefetch(next + c * d + k, 0, 2);
             up_chunk(x + k0, ldx, pack, kn, width, tok, p0, p1, kn, scratch);
@@ -142,7 +142,7 @@ static void up_share(const float *x, int64_t d, int64_t ldx, const float *w, con
             const float *xp = x + tok[p] * ldx;
             for (int64_t c = 0; c < width; c++) {
                 float s = sum(load(scratch + ((p - p0) * width + c) * LANES)) + b[e * width + c];
-                for (int64_t k = d16; k < d; k++) s += xp[k] * we[c * d + k];
+                for (int64_t k = dv; k < d; k++) s += xp[k] * we[c * d + k];
                 out[p * width + c] = relu2(s);
             }
         }

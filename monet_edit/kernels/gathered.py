@@ -263,7 +263,7 @@ def down(terms: list[tuple[torch.Tensor, torch.Tensor]], brow: torch.Tensor, bwe
     parts.append((bweight.to(torch.float32).contiguous(), brow.to(torch.float32).contiguous()))
     slots = (_P * len(parts))(*(p.data_ptr() for p, _ in parts))
     weights = (_P * len(parts))(*(w.data_ptr() for _, w in parts))
-    widths = (_I * len(parts))(*(p.numel() // max(p.shape[0], 1) if p.dim() > 1 else 1 for p, _ in parts))
+    widths = (_I * len(parts))(*(p.shape[1] if p.dim() > 1 else 1 for p, _ in parts))
     tok = s.tok.contiguous()
     start = _offsets(s)
     y = brow.new_empty(tokens, dout, dtype=torch.float32)
